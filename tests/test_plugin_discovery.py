@@ -1,0 +1,68 @@
+"""How the host finds the plugin: enabled, installed but not enabled, enabled but missing."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+
+import pluggy
+import pytest
+from skyarchive.config import AppConfig
+from skyarchive.errors import UsageError
+from skyarchive.plugins import load_plugins
+
+from export_batching_plugin.plugin import ExportBatching, ExportBatchingWithProgress
+
+from .conftest import DID, HOST_VERSION, Archive
+
+
+def test_plugin_is_installed_under_the_entry_point_group() -> None:
+    (ep,) = [ep for ep in entry_points(group="skyarchive.plugins") if ep.name == "export_batching"]
+    assert ep.value == "export_batching_plugin.plugin:create_plugin"
+
+
+def test_enabled_plugin_is_registered_with_the_hook_of_this_host() -> None:
+    pm = load_plugins(AppConfig(plugins_enabled=("export_batching",)))
+    plugin = pm.get_plugin("export_batching")
+    expected = ExportBatchingWithProgress if HOST_VERSION >= (0, 4) else ExportBatching
+    assert type(plugin) is expected
+    assert [impl.plugin_name for impl in pm.hook.skyarchive_export.get_hookimpls()] == ["export_batching"]
+
+
+def test_installed_but_not_enabled_plugin_stays_off() -> None:
+    pm = load_plugins(AppConfig(plugin_settings={"export_batching": {"batch_size": 10}}))
+    assert pm.get_plugin("export_batching") is None
+    assert pm.hook.skyarchive_export.get_hookimpls() == []
+
+
+def test_the_other_hosts_hook_does_not_fit() -> None:
+    """The plugin must pick its hook by host release: the wrong one is rejected by pluggy."""
+    from skyarchive import hookspecs
+
+    wrong = ExportBatching if HOST_VERSION >= (0, 4) else ExportBatchingWithProgress
+    pm = pluggy.PluginManager("skyarchive")
+    pm.add_hookspecs(hookspecs)
+    if HOST_VERSION >= (0, 4):
+        # A hookimpl asking for fewer arguments fits; it would never get the progress reporter.
+        pm.register(wrong(settings=None))  # type: ignore[arg-type]
+    else:
+        with pytest.raises(pluggy.PluginValidationError):
+            pm.register(wrong(settings=None))  # type: ignore[arg-type]
+
+
+def test_enabled_but_missing_plugin_is_an_error(archive: Archive) -> None:
+    with pytest.raises(UsageError, match="'nope' is enabled but not installed"):
+        load_plugins(AppConfig(plugins_enabled=("nope",)))
+    archive.write_config('[plugins]\nenabled = ["export_batching", "nope"]\n')
+    result = archive.cli("init")
+    assert result.code == 2
+    assert "plugin 'nope' is enabled but not installed" in result.error_line
+    assert not archive.db.exists()
+
+
+def test_export_with_the_plugin_enabled_works(archive: Archive) -> None:
+    archive.enable_plugin(threshold=0, batch_size=7)
+    archive.seed(50)
+    result = archive.cli("export", "--did", DID, "--format", "json")
+    assert result.code == 0, result.err
+    assert len(json.loads((result.export_dir / "posts.json").read_text(encoding="utf-8"))) == 50
