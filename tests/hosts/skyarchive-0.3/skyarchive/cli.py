@@ -167,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skyarchive: error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        print(f"skyarchive: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         root.removeHandler(handler)
