@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pluggy
+from skyarchive.export import ExportJob, ExportResult
 
+from .batched import export_batched
 from .config import Settings, parse_settings
 
 hookimpl = pluggy.HookimplMarker("skyarchive")
@@ -33,18 +35,18 @@ class ExportBatching:
         self.settings = settings
 
     @hookimpl
-    def skyarchive_export(self, job: Any) -> None:
-        """Decline every export for now: the host's own exporter runs."""
-        return None
+    def skyarchive_export(self, job: ExportJob) -> ExportResult | None:
+        """Export in batches, or decline (None) below the threshold."""
+        return export_batched(job, self.settings, job.report_progress)  # type: ignore[attr-defined]
 
 
 class ExportBatchingWithProgress(ExportBatching):
     """The hooks for a host that hands the exporter a progress reporter (0.4)."""
 
     @hookimpl
-    def skyarchive_export(self, job: Any, progress: Any) -> None:  # type: ignore[override]
-        """Decline every export for now: the host's own exporter runs."""
-        return None
+    def skyarchive_export(self, job: ExportJob, progress: Any) -> ExportResult | None:  # type: ignore[override]
+        """Export in batches, or decline (None) below the threshold."""
+        return export_batched(job, self.settings, progress.update)
 
 
 def create_plugin(settings: Mapping[str, Any]) -> ExportBatching:

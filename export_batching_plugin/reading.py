@@ -1,0 +1,103 @@
+"""Reading the selection: one read snapshot, one ordered query, fetched in batches.
+
+No LIMIT/OFFSET paging: the posts come from a single streamed query, so the
+export costs O(N) and sees one consistent snapshot of the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from skyarchive.export import POST_ORDER, ExportRequest, selection_criteria
+from skyarchive.models import posts_table
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("export_batching_plugin")
+
+#: Stored columns whose size can be large; they make up a row's size for the byte budget.
+_SIZED = ("text", "embed_data", "labels")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A run of consecutive posts of the export, in export order."""
+
+    number: int  #: 1-based
+    offset: int  #: position of its first post in the export (0-based)
+    rows: Sequence[Any]
+
+    def describe(self) -> str:
+        return f"batch {self.number} (posts {self.offset + 1}-{self.offset + len(self.rows)})"
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one read transaction, rolled back at the end.
+
+    The sqlite3 module opens transactions only before writes, so a plain SELECT
+    would run in its own implicit snapshot; an explicit BEGIN makes the count
+    and the streamed query share one.
+    """
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN")
+            yield conn
+        finally:
+            transaction.rollback()
+
+
+def count_selection(conn: Connection, request: ExportRequest) -> int:
+    """How many posts the request selects."""
+    stmt = select(func.count()).select_from(posts_table).where(*selection_criteria(request))
+    return int(conn.execute(stmt).scalar_one())
+
+
+def _row_size(row: Any) -> int:
+    return sum(len(value) for value in (row.text, row.embed_data, row.labels) if value)
+
+
+def read_batches(
+    conn: Connection, request: ExportRequest, *, batch_size: int, max_batch_bytes: int, expected: int
+) -> Iterator[Batch]:
+    """Yield the selection's posts in batches of ``batch_size``, from one streamed query.
+
+    A batch also ends once its posts' stored size reaches ``max_batch_bytes``.
+    How many rows one fetch asks for follows an estimate of the row size: it
+    starts at the whole budget (the first fetch is one row), rises at once to
+    any larger row seen and halves after each fetch of smaller ones, so fetch
+    sizes double back up after a large post. If the stream ends before
+    ``expected`` posts, a warning is logged and the export ends with what was read.
+    """
+    stmt = select(*posts_table.columns).where(*selection_criteria(request)).order_by(*POST_ORDER)
+    result = conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
+    estimate = max_batch_bytes  # bytes per row, for sizing the next fetch
+    offset = number = 0
+    exhausted = False
+    while not exhausted:
+        rows: list[Any] = []
+        size = 0
+        while len(rows) < batch_size and size < max_batch_bytes:
+            want = min(batch_size - len(rows), max(1, (max_batch_bytes - size) // max(estimate, 1)))
+            fetched = result.fetchmany(want)
+            if not fetched:
+                exhausted = True
+                break
+            sizes = [_row_size(row) for row in fetched]
+            estimate = max(max(sizes), estimate // 2)
+            size += sum(sizes)
+            rows.extend(fetched)
+        if not rows:
+            break
+        number += 1
+        yield Batch(number=number, offset=offset, rows=rows)
+        offset += len(rows)
+    result.close()
+    if offset < expected:
+        log.warning("export_batching: the selection ended after %d of %d counted posts", offset, expected)

@@ -1,0 +1,127 @@
+"""Driving exports in-process: the host's own path and the plugin's, through the host's ``run_export``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from skyarchive import hookspecs
+from skyarchive.cli import run_export
+from skyarchive.config import AppConfig
+from skyarchive.export import ExportJob, ExportRequest, ExportResult, export_dir_for
+from skyarchive.models import Base, media_table, posts_table
+from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import Engine
+
+from export_batching_plugin.plugin import create_plugin
+
+_counter = itertools.count()
+
+
+def make_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def post_row(n: int, did: str = "did:plc:owner", **values: Any) -> dict[str, Any]:
+    """A complete posts row; ``values`` override the plain defaults."""
+    row: dict[str, Any] = {
+        "uri": f"at://{did}/app.bsky.feed.post/{n:013d}",
+        "cid": f"bafyrei{n:052d}",
+        "did": did,
+        "text": f"post {n}",
+        "created_at": f"2025-01-01T00:00:{n % 60:02d}.000Z",
+        "indexed_at": "2025-01-01T00:01:00.000Z",
+        "has_media": False,
+        "like_count": 0,
+        "repost_count": 0,
+        "reply_count": 0,
+        "quote_count": 0,
+        "is_reply": False,
+        "reply_parent": None,
+        "embed_type": None,
+        "embed_data": None,
+        "labels": None,
+        "archived_at": "2025-01-02T00:00:00.000Z",
+    }
+    row.update(values)
+    return row
+
+
+def insert_rows(engine: Engine, posts: Iterable[Mapping[str, Any]], media: Iterable[Mapping[str, Any]] = ()) -> None:
+    posts, media = list(posts), list(media)
+    with engine.begin() as conn:
+        if posts:
+            conn.execute(insert(posts_table), posts)
+        if media:
+            conn.execute(insert(media_table), media)
+
+
+@dataclass
+class Outcome:
+    """What one export left: its result or error, the posts file's bytes, the progress events."""
+
+    result: ExportResult | None
+    error: BaseException | None
+    posts_bytes: bytes | None
+    manifest: dict[str, Any] | None
+    events: list[tuple[int, int]] = field(default_factory=list)
+    job: ExportJob | None = None
+
+
+def plugin_manager(settings: Mapping[str, Any] | None) -> pluggy.PluginManager:
+    """The host's plugin manager, with the plugin registered when ``settings`` is not None."""
+    pm = pluggy.PluginManager("skyarchive")
+    pm.add_hookspecs(hookspecs)
+    if settings is not None:
+        pm.register(create_plugin(dict(settings)), name="export_batching")
+    return pm
+
+
+def export(
+    engine: Engine,
+    out: Path,
+    *,
+    settings: Mapping[str, Any] | None,
+    did: str = "did:plc:owner",
+    format: str = "json",
+    since: str | None = None,
+    until: str | None = None,
+    media: bool = False,
+    media_dir: Path | None = None,
+    read_posts: bool = True,
+) -> Outcome:
+    """Run one export through the host's ``run_export``; ``settings=None`` is the host alone.
+
+    ``read_posts=False`` leaves the posts file unread (for memory measurements).
+    """
+    import simplejson
+
+    request = ExportRequest.create(did=did, format=format, since=since, until=until, media=media)
+    config = AppConfig(media_dir=media_dir or out / "no-media", exports_dir=out)
+    started = datetime(2025, 6, 1, 12, 0, next(_counter) % 60, tzinfo=timezone.utc)
+    export_dir = export_dir_for(out / f"run{next(_counter)}", did, started)
+    events: list[tuple[int, int]] = []
+    job = ExportJob(
+        request=request,
+        config=config,
+        engine=engine,
+        export_dir=export_dir,
+        started_at=started,
+        listeners=[lambda done, total: events.append((done, total))],
+    )
+    try:
+        result = run_export(job, plugin_manager(settings))
+    except Exception as exc:
+        assert not export_dir.exists(), "a failed export must leave no directory"
+        return Outcome(None, exc, None, None, events, job)
+    posts_file = export_dir / ("posts.json" if format == "json" else "posts.csv")
+    posts = posts_file.read_bytes() if read_posts else None
+    manifest = simplejson.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
+    return Outcome(result, None, posts, manifest, events, job)

@@ -1,0 +1,109 @@
+"""Memory does not grow with the archive: peak RSS in a subprocess, and tracemalloc at 10k vs 100k posts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import simplejson
+from skyarchive.models import media_table, posts_table
+from skyarchive.seed import seed_archive
+
+from .harness import export, insert_rows, make_engine, post_row
+
+SMALL, LARGE = "did:plc:smallarchive", "did:plc:largearchive"
+
+# VmHWM: the peak RSS of this process's own address space. (ru_maxrss is not it:
+# Linux carries the parent's high-water mark across fork and exec.)
+PEAK_RSS = textwrap.dedent(
+    """
+    import sys
+    from skyarchive.cli import main
+    code = main(sys.argv[1:])
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(code, peak_kb // 1024, file=sys.stderr)
+    """
+)
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
+    root = tmp_path_factory.mktemp("memory")
+    engine = make_engine(root / "archive.db")
+    for did, posts in ((SMALL, 10_000), (LARGE, 100_000)):
+        seed_archive(engine, posts_table, media_table, posts=posts, did=did, media_every=0, media_dir=root / "media")
+    yield root, engine
+    engine.dispose()
+
+
+def peak_rss_mb(root: Path, config: str, fmt: str) -> int:
+    (root / f"{config}.toml").write_text(
+        '[plugins]\nenabled = ["export_batching"]\n' if config == "plugin" else "", encoding="utf-8"
+    )
+    args = ["--config", f"{config}.toml", "--db", f"sqlite:///{root / 'archive.db'}", "export", "--did", LARGE]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *args, "--format", fmt, "--out", str(root / f"out-{config}-{fmt}")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    code, rss = done.stderr.strip().splitlines()[-1].split()
+    assert code == "0", done.stderr
+    return int(rss)
+
+
+@linux_only
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_peak_rss_of_100k_posts_is_far_below_the_hosts(archive: tuple[Path, Any], fmt: str) -> None:
+    root, _ = archive
+    plugin = peak_rss_mb(root, "plugin", fmt)
+    host = peak_rss_mb(root, "host", fmt)
+    print(f"peak RSS, 100k posts, {fmt}: plugin {plugin} MB, host {host} MB")
+    assert plugin < 120, f"plugin peak RSS {plugin} MB"
+    assert plugin * 3 < host, f"plugin {plugin} MB is not well under the host's {host} MB"
+    posts = "posts.json" if fmt == "json" else "posts.csv"
+    (plugin_file,) = (root / f"out-plugin-{fmt}").glob(f"*/*/{posts}")
+    (host_file,) = (root / f"out-host-{fmt}").glob(f"*/*/{posts}")
+    assert plugin_file.read_bytes() == host_file.read_bytes()
+
+
+def traced_peak(engine: Any, out: Path, did: str, **settings: Any) -> int:
+    tracemalloc.start()
+    try:
+        outcome = export(engine, out, settings={"threshold": 0, **settings}, did=did, read_posts=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert outcome.error is None, outcome.error
+    return peak
+
+
+def test_python_memory_is_the_same_at_10k_and_100k_posts(archive: tuple[Path, Any], tmp_path: Path) -> None:
+    _, engine = archive
+    small = traced_peak(engine, tmp_path / "small", SMALL)
+    large = traced_peak(engine, tmp_path / "large", LARGE)
+    print(f"tracemalloc peak: 10k posts {small / 2**20:.1f} MiB, 100k posts {large / 2**20:.1f} MiB")
+    assert large < small * 1.3 + 2**20
+
+
+def test_two_megabyte_posts_stay_within_the_byte_budget(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "huge.db")
+    blob = simplejson.dumps({"external": {"description": "é" * (2 << 20)}}, ensure_ascii=False)
+    insert_rows(engine, [post_row(n, embed_type="external", embed_data=blob) for n in range(40)])
+    bounded = traced_peak(engine, tmp_path / "bounded", "did:plc:owner")
+    unbounded = traced_peak(engine, tmp_path / "unbounded", "did:plc:owner", max_batch_bytes=2**40)
+    engine.dispose()
+    mib = 2**20
+    print(f"tracemalloc peak, 40 posts of 2 MiB: 16 MiB budget {bounded / mib:.0f} MiB, none {unbounded / mib:.0f} MiB")
+    assert bounded < 128 * 2**20
+    assert unbounded > 2 * bounded, "the budget should be what keeps memory down"

@@ -1,0 +1,90 @@
+"""Reading: one snapshot, one streamed query (statements do not grow with the archive), byte-bounded batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import simplejson
+from skyarchive.export import ExportRequest
+from sqlalchemy import event
+
+from export_batching_plugin import batched
+from export_batching_plugin.reading import read_batches, read_snapshot
+
+from .harness import export, insert_rows, make_engine, post_row
+
+
+def statements_of_one_export(tmp_path: Path, posts: int) -> list[str]:
+    engine = make_engine(tmp_path / f"{posts}.db")
+    insert_rows(engine, [post_row(n) for n in range(posts)])
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *rest: seen.append(statement))
+    outcome = export(engine, tmp_path / f"out{posts}", settings={"threshold": 0, "batch_size": 10})
+    engine.dispose()
+    assert outcome.error is None and outcome.manifest is not None and outcome.manifest["post_count"] == posts
+    return seen
+
+
+def test_statement_count_does_not_grow_with_the_archive(tmp_path: Path) -> None:
+    small = statements_of_one_export(tmp_path, 30)
+    large = statements_of_one_export(tmp_path, 3000)
+    assert len(small) == len(large), (small, large)
+    assert not any("LIMIT" in s.upper() or "OFFSET" in s.upper() for s in large)
+    assert sum("ORDER BY" in s.upper() for s in large) == 1
+
+
+def big_post(n: int, size: int) -> dict[str, Any]:
+    return post_row(n, embed_type="external", embed_data=simplejson.dumps({"external": {"description": "x" * size}}))
+
+
+def batch_shapes(tmp_path: Path, rows: list[dict[str, Any]], **options: int) -> list[tuple[int, int]]:
+    """(posts, stored bytes) of each batch that read_batches yields."""
+    engine = make_engine(tmp_path / "big.db")
+    insert_rows(engine, rows)
+    request = ExportRequest.create(did="did:plc:owner", format="json")
+    with read_snapshot(engine) as conn:
+        shapes = [
+            (len(b.rows), sum(len(r.embed_data or "") + len(r.text or "") for r in b.rows))
+            for b in read_batches(conn, request, expected=len(rows), **options)
+        ]
+    engine.dispose()
+    return shapes
+
+
+def test_batches_of_large_posts_shrink_to_the_byte_budget(tmp_path: Path) -> None:
+    shapes = batch_shapes(tmp_path, [big_post(n, 100_000) for n in range(40)], batch_size=1000, max_batch_bytes=500_000)
+    assert sum(n for n, _ in shapes) == 40
+    assert all(size <= 500_000 + 100_100 for _, size in shapes), shapes
+    assert max(n for n, _ in shapes) <= 6
+
+
+def test_small_posts_fill_whole_batches(tmp_path: Path) -> None:
+    shapes = batch_shapes(tmp_path, [post_row(n) for n in range(2500)], batch_size=1000, max_batch_bytes=16 << 20)
+    assert [n for n, _ in shapes] == [1000, 1000, 500]
+
+
+def test_a_large_post_among_small_ones_closes_its_batch_early(tmp_path: Path) -> None:
+    rows = [post_row(n, created_at=f"2025-01-01T00:{59 - n // 60:02d}:{59 - n % 60:02d}.000Z") for n in range(300)]
+    rows[150] = big_post(150, 1_000_000) | {"created_at": rows[150]["created_at"]}
+    shapes = batch_shapes(tmp_path, rows, batch_size=100, max_batch_bytes=200_000)
+    assert sum(n for n, _ in shapes) == 300
+    assert all(size <= 200_000 + 1_000_100 for _, size in shapes)
+    assert any(size >= 1_000_000 for _, size in shapes)
+
+
+def test_stream_ending_before_the_count_warns_and_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(25)])
+    real = batched.count_selection
+    monkeypatch.setattr(batched, "count_selection", lambda conn, request: real(conn, request) + 3)
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 10})
+    assert outcome.error is None and outcome.manifest is not None
+    assert outcome.manifest["post_count"] == 25
+    assert "ended after 25 of 28 counted posts" in caplog.text
+    assert outcome.events[-1] == (25, 25)
