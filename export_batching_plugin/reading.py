@@ -7,7 +7,7 @@ export costs O(N) and sees one consistent snapshot of the archive.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +65,7 @@ def _row_size(row: Any) -> int:
 
 def read_batches(
     conn: Connection, request: ExportRequest, *, batch_size: int, max_batch_bytes: int, expected: int
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Yield the selection's posts in batches of ``batch_size``, from one streamed query.
 
     A batch also ends once its posts' stored size reaches ``max_batch_bytes``.
@@ -77,6 +77,16 @@ def read_batches(
     """
     stmt = select(*posts_table.columns).where(*selection_criteria(request)).order_by(*POST_ORDER)
     result = conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
+    try:
+        offset = yield from _batches(result, batch_size=batch_size, max_batch_bytes=max_batch_bytes)
+    finally:
+        result.close()  # also when the consumer stops early: the cursor must not outlive the snapshot
+    if offset < expected:
+        log.warning("export_batching: the selection ended after %d of %d counted posts", offset, expected)
+
+
+def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator[Batch, None, int]:
+    """The batching of :func:`read_batches`; returns how many posts it yielded."""
     estimate = max_batch_bytes  # bytes per row, for sizing the next fetch
     offset = number = 0
     exhausted = False
@@ -98,6 +108,4 @@ def read_batches(
         number += 1
         yield Batch(number=number, offset=offset, rows=rows)
         offset += len(rows)
-    result.close()
-    if offset < expected:
-        log.warning("export_batching: the selection ended after %d of %d counted posts", offset, expected)
+    return offset

@@ -14,6 +14,7 @@ reproduces the host's whole-file output byte for byte:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -25,15 +26,19 @@ _BUFFER = 1 << 20
 
 
 class PostsWriter(Protocol):
+    path: Path
+
     def write_batch(self, rows: Sequence[Any]) -> None: ...
     def finish(self) -> None: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class JsonWriter:
     """posts.json, one batch at a time."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._stream: IO[str] = open(path, "x", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115
         self._encode = simplejson.JSONEncoder(**JSON_OPTIONS).encode
         self._separator = "[\n"
@@ -54,11 +59,17 @@ class JsonWriter:
     def close(self) -> None:
         self._stream.close()
 
+    def abort(self) -> None:
+        """Close after a failure: what is still buffered is dropped, errors are ignored."""
+        with suppress(OSError):
+            self._stream.close()
+
 
 class CsvWriter:
     """posts.csv, one batch at a time."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._stream, self._writer = open_csv(path)
 
     def write_batch(self, rows: Sequence[Any]) -> None:
@@ -69,6 +80,11 @@ class CsvWriter:
 
     def close(self) -> None:
         self._stream.close()
+
+    def abort(self) -> None:
+        """Close after a failure: what is still buffered is dropped, errors are ignored."""
+        with suppress(OSError):
+            self._stream.close()
 
 
 def open_writer(format: str, path: Path) -> PostsWriter:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,17 +96,21 @@ def export(
     media: bool = False,
     media_dir: Path | None = None,
     read_posts: bool = True,
+    folder: str | None = None,
+    listener: Callable[[int, int], None] | None = None,
 ) -> Outcome:
     """Run one export through the host's ``run_export``; ``settings=None`` is the host alone.
 
     ``read_posts=False`` leaves the posts file unread (for memory measurements).
+    Each export goes to a folder of its own under ``out`` unless ``folder`` names one.
     """
     import simplejson
 
     request = ExportRequest.create(did=did, format=format, since=since, until=until, media=media)
     config = AppConfig(media_dir=media_dir or out / "no-media", exports_dir=out)
     started = datetime(2025, 6, 1, 12, 0, next(_counter) % 60, tzinfo=timezone.utc)
-    export_dir = export_dir_for(out / f"run{next(_counter)}", did, started)
+    export_dir = export_dir_for(out / (folder or f"run{next(_counter)}"), did, started)
+    existed = export_dir.exists()
     events: list[tuple[int, int]] = []
     job = ExportJob(
         request=request,
@@ -114,12 +118,12 @@ def export(
         engine=engine,
         export_dir=export_dir,
         started_at=started,
-        listeners=[lambda done, total: events.append((done, total))],
+        listeners=[lambda done, total: events.append((done, total)), *([listener] if listener else [])],
     )
     try:
         result = run_export(job, plugin_manager(settings))
     except Exception as exc:
-        assert not export_dir.exists(), "a failed export must leave no directory"
+        assert existed or not export_dir.exists(), "a failed export must leave no directory"
         return Outcome(None, exc, None, None, events, job)
     posts_file = export_dir / ("posts.json" if format == "json" else "posts.csv")
     posts = posts_file.read_bytes() if read_posts else None

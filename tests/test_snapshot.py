@@ -1,0 +1,86 @@
+"""A consistent snapshot: posts written by another process during the export neither appear twice nor go missing.
+
+The writer acts from inside the export, at its first progress report: after
+the posts were counted and before the streamed query starts, through its own
+sqlite3 connection, so the timing is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import export, insert_rows, make_engine, post_row
+
+POSTS = 3000
+
+
+def archive(tmp_path: Path, journal_mode: str) -> tuple[Any, Path]:
+    db = tmp_path / "a.db"
+    engine = make_engine(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(f"PRAGMA journal_mode={journal_mode}").fetchone()[0] == journal_mode.lower()
+    rows = [
+        post_row(n, created_at=f"2025-01-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z") for n in range(POSTS)
+    ]
+    insert_rows(engine, rows)
+    return engine, db
+
+
+def change_archive(db: Path, *, timeout: float) -> None:
+    """Another process: 100 newer posts in, the 100 oldest out, one transaction each."""
+    with sqlite3.connect(db, timeout=timeout) as conn:
+        conn.executemany(
+            "INSERT INTO posts (uri, cid, did, text, created_at, indexed_at, archived_at)"
+            " VALUES (?, 'c', 'did:plc:owner', 'new', '2026-01-01T00:00:00.000Z', 'x', 'x')",
+            [(f"at://did:plc:owner/app.bsky.feed.post/new{n:05d}",) for n in range(100)],
+        )
+    with sqlite3.connect(db, timeout=timeout) as conn:
+        conn.execute("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at ASC LIMIT 100)")
+
+
+@pytest.mark.parametrize("journal_mode", ["WAL", "DELETE"])
+def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: str) -> None:
+    engine, db = archive(tmp_path, journal_mode)
+    before = export(engine, tmp_path / "before", settings=None)
+    assert before.posts_bytes is not None
+    writers: list[threading.Thread] = []
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            change_archive(db, timeout=60)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def on_progress(done: int, total: int) -> None:
+        if not writers:
+            if journal_mode == "WAL":
+                writer()  # WAL: the writer commits while the export's read transaction stays open
+            else:
+                # Rollback journal: the writer must wait for the export's shared lock, so it runs beside it.
+                writers.append(threading.Thread(target=writer))
+                writers[0].start()
+            writers.append(threading.current_thread())
+
+    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100}, listener=on_progress)
+    for thread in writers:
+        if thread is not threading.current_thread():
+            thread.join(timeout=60)
+    assert outcome.error is None, outcome.error
+    assert failures == []
+    assert outcome.posts_bytes == before.posts_bytes
+    uris = [post["uri"] for post in json.loads(outcome.posts_bytes)]
+    assert len(uris) == len(set(uris)) == POSTS
+    assert outcome.manifest is not None and outcome.manifest["post_count"] == POSTS
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM posts WHERE text = 'new'").fetchone()[0] == 100
+        assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == POSTS
+    after = export(engine, tmp_path / "after", settings={"threshold": 0, "batch_size": 100})
+    assert after.posts_bytes != before.posts_bytes
+    engine.dispose()
