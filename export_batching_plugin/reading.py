@@ -39,15 +39,19 @@ class Batch:
 def read_snapshot(engine: Engine) -> Iterator[Connection]:
     """A connection inside one read transaction, rolled back at the end.
 
-    The sqlite3 module opens transactions only before writes, so a plain SELECT
-    would run in its own implicit snapshot; an explicit BEGIN makes the count
-    and the streamed query share one.
+    - SQLite: the sqlite3 module opens transactions only before writes, so a
+      plain SELECT would run in its own implicit snapshot; an explicit BEGIN
+      makes the count and the streamed queries share one.
+    - PostgreSQL: ``REPEATABLE READ, READ ONLY``: one snapshot for the whole
+      transaction (READ COMMITTED would take a new one per statement).
     """
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN")
+            elif conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield conn
         finally:
             transaction.rollback()

@@ -1,0 +1,196 @@
+"""PostgreSQL: both host releases on a real server, and the plugin streaming from a server-side cursor.
+
+Each test gets a database of its own (tests/postgres.py). Under CI a missing
+server fails these tests; elsewhere they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from skyarchive.models import Base, media_table, posts_table
+from skyarchive.seed import DEFAULT_DID, seed_archive
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import Engine
+
+from export_batching_plugin.batched import BatchFailed
+
+from .conftest import Archive
+from .differential import STAMPS, fill, posts, run_both
+from .harness import export
+from .postgres import pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
+
+pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:  # noqa: F811 - the fixture above
+    engine = create_engine(pg_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def clear(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(media_table))
+        conn.execute(delete(posts_table))
+
+
+def test_cli_round_trip_on_postgresql(archive: Archive, pg_url: str) -> None:  # noqa: F811
+    assert archive.cli("--db", pg_url, "init").code == 0
+    seeded = archive.cli("--db", pg_url, "seed", "--posts", "300", "--media-every", "7")
+    assert seeded.code == 0, seeded.err
+    outputs = {}
+    for exporter in ("host", "plugin"):
+        if exporter == "plugin":
+            archive.enable_plugin(threshold=0, batch_size=64)
+        for fmt in ("json", "csv"):
+            result = archive.cli(
+                "--db", pg_url, "export", "--did", DEFAULT_DID, "--format", fmt, "--media",
+                "--out", str(archive.root / f"{exporter}-{fmt}"),
+            )  # fmt: skip
+            assert result.code == 0, result.err
+            manifest = json.loads((result.export_dir / "manifest.json").read_text(encoding="utf-8"))
+            assert manifest["exporter"].startswith("skyarchive" if exporter == "host" else "export_batching")
+            assert manifest["post_count"] == 300 and manifest["media_count"] > 0
+            posts_file = result.export_dir / f"posts.{fmt}"
+            outputs[exporter, fmt] = (
+                posts_file.read_bytes(),
+                sorted(p.name for p in (result.export_dir / "media").iterdir()),
+            )
+    for fmt in ("json", "csv"):
+        assert outputs["plugin", fmt] == outputs["host", fmt]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    templates=st.lists(posts(), max_size=5),
+    count=st.integers(0, 20),
+    batch=st.data(),
+    format=st.sampled_from(["json", "csv"]),
+    budget=st.sampled_from([None, 1, 4096]),
+    window=st.one_of(st.none(), st.tuples(st.sampled_from(STAMPS), st.sampled_from(STAMPS))),
+)
+def test_random_archives_on_postgresql(
+    engine: Engine, tmp_path: Path, templates: list[dict[str, Any]], count: int, batch: Any,
+    format: str, budget: int | None, window: tuple[str, str] | None,
+) -> None:  # fmt: skip
+    batch_size = batch.draw(st.integers(1, count + 2), label="batch_size")
+    since, until = sorted(window) if window else (None, None)
+    clear(engine)
+    fill(engine, templates, count, nul_free=True)
+    run_both(engine, tmp_path, batch_size=batch_size, max_batch_bytes=budget, format=format, since=since, until=until)
+
+
+@pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2001])
+def test_counts_around_the_default_batch_size_on_postgresql(engine: Engine, tmp_path: Path, count: int) -> None:
+    fill(engine, [{"text": "plain"}, {"text": None, "created_at": STAMPS[0], "labels": '[{"val":"x"}]'}], count)
+    for fmt in ("json", "csv"):
+        run_both(engine, tmp_path / fmt, batch_size=1000, format=fmt)
+
+
+def test_concurrent_changes_do_not_reach_the_export(engine: Engine, tmp_path: Path) -> None:
+    fill(engine, [{"text": "old"}], 3000, spread=True)
+    before = export(engine, tmp_path / "before", settings=None)
+    other = create_engine(engine.url)
+    done: list[bool] = []
+
+    def change(processed: int, total: int) -> None:
+        if done:
+            return
+        done.append(True)
+        with other.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO posts (uri, cid, did, text, created_at, indexed_at, archived_at)"
+                    " SELECT 'at://new/' || g, 'c', 'did:plc:owner', 'new', '2026-01-01T00:00:00.000Z', 'x', 'x'"
+                    " FROM generate_series(1, 100) AS g"
+                )
+            )
+            conn.execute(text("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at LIMIT 100)"))
+
+    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100}, listener=change)
+    other.dispose()
+    assert outcome.error is None, outcome.error
+    assert outcome.posts_bytes == before.posts_bytes
+    uris = [post["uri"] for post in json.loads(outcome.posts_bytes or b"[]")]
+    assert len(uris) == len(set(uris)) == 3000
+    after = export(engine, tmp_path / "after", settings={"threshold": 0})
+    assert after.posts_bytes != before.posts_bytes
+
+
+def test_connection_killed_mid_export_fails_cleanly(engine: Engine, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    fill(engine, [{"text": "x"}], 3000, spread=True)
+    killed: list[int] = []
+
+    def kill(processed: int, total: int) -> None:
+        if processed >= 500 and not killed:
+            killed.append(terminate_other_backends(pg_url))
+
+    outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250}, listener=kill)
+    assert killed and killed[0] >= 1
+    assert isinstance(outcome.error, BatchFailed), outcome.error
+    assert "batch 3 (posts 501-750) failed" in str(outcome.error), str(outcome.error)
+    assert list(tmp_path.rglob("*.staging-*")) == [] and list(tmp_path.rglob("manifest.json")) == []
+    assert outcome.job is not None and outcome.job.status == "failed"
+
+
+# -- memory: the server-side cursor keeps the client flat ---------------------------------------
+
+PEAK = textwrap.dedent(
+    """
+    import sys
+    def peak_mb():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) // 1024
+    if sys.argv[1] == "buffered":
+        from sqlalchemy import create_engine
+        engine = create_engine(sys.argv[2])
+        with engine.connect() as conn:
+            sql = "SELECT * FROM posts WHERE did = %(d)s ORDER BY created_at DESC, uri"
+            result = conn.exec_driver_sql(sql, {"d": sys.argv[3]})
+            count = 0
+            while rows := result.fetchmany(1000):
+                count += len(rows)
+        print(0 if count else 1, peak_mb(), file=sys.stderr)
+    else:
+        from skyarchive.cli import main
+        code = main(sys.argv[2:])
+        print(code, peak_mb(), file=sys.stderr)
+    """
+)
+
+
+def peak_rss(*args: str, cwd: Path) -> int:
+    done = subprocess.run([sys.executable, "-c", PEAK, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    code, peak = done.stderr.strip().splitlines()[-1].split()
+    assert code == "0", done.stderr
+    return int(peak)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_streaming_200k_posts_stays_flat(engine: Engine, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    seed_archive(engine, posts_table, media_table, posts=200_000, media_every=0, media_dir=tmp_path / "media")
+    (tmp_path / "plugin.toml").write_text(
+        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\n', encoding="utf-8"
+    )
+    plugin = peak_rss(
+        "plugin", "--config", "plugin.toml", "--db", pg_url, "export", "--did", DEFAULT_DID, "--format", "json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    buffered = peak_rss("buffered", pg_url, DEFAULT_DID, cwd=tmp_path)
+    print(f"peak RSS, 200k posts from PostgreSQL: plugin {plugin} MB, client-side buffered fetch {buffered} MB")
+    assert plugin < 120
+    assert buffered > 2 * plugin, "a client-side buffered fetch should need far more than the streaming export"
