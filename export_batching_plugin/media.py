@@ -42,7 +42,7 @@ class MediaCopier:
 
     def copy_for(self, posts: Sequence[Any]) -> None:
         """Copy the files of the media rows that belong to ``posts`` (one batch, in export order)."""
-        uris = {post.uri for post in posts}
+        uris = {post[0] for post in posts}  # rows in schema order: uri first
         while self._ahead is not None and self._ahead.post_uri in uris:
             if copy_media_file(self._ahead, self._root, self._dest):
                 self.copied += 1

@@ -16,6 +16,7 @@ from skyarchive.export import POST_ORDER, ExportRequest, selection_criteria
 from skyarchive.models import posts_table
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.expression import Select
 
 log = logging.getLogger("export_batching_plugin")
 
@@ -29,7 +30,7 @@ class Batch:
 
     number: int  #: 1-based
     offset: int  #: position of its first post in the export (0-based)
-    rows: Sequence[Any]
+    rows: Sequence[Sequence[Any]]  #: row tuples, columns in schema order
 
     def describe(self) -> str:
         return f"batch {self.number} (posts {self.offset + 1}-{self.offset + len(self.rows)})"
@@ -63,8 +64,24 @@ def count_selection(conn: Connection, request: ExportRequest) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
-def _row_size(row: Any) -> int:
-    return sum(len(value) for value in (row.text, row.embed_data, row.labels) if value)
+_TEXT, _EMBED, _LABELS = (posts_table.columns.keys().index(name) for name in _SIZED)
+
+
+def _stream(conn: Connection, stmt: Select[Any], batch_size: int) -> Any:
+    """Execute ``stmt`` for streaming; the result has ``fetchmany`` and ``close`` and yields row tuples.
+
+    SQLite: on the connection's own sqlite3 cursor, which steps through the
+    result as rows are fetched and returns plain tuples, skipping the cost of
+    SQLAlchemy's row objects (a third of the read time). Elsewhere: SQLAlchemy
+    with ``stream_results``, i.e. a server-side cursor.
+    """
+    if conn.dialect.name == "sqlite":
+        compiled = stmt.compile(dialect=conn.dialect)
+        params = compiled.construct_params()
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(compiled.string, [params[name] for name in compiled.positiontup or ()])
+        return cursor
+    return conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
 
 
 def read_batches(
@@ -80,7 +97,7 @@ def read_batches(
     ``expected`` posts, a warning is logged and the export ends with what was read.
     """
     stmt = select(*posts_table.columns).where(*selection_criteria(request)).order_by(*POST_ORDER)
-    result = conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
+    result = _stream(conn, stmt, batch_size)
     try:
         offset = yield from _batches(result, batch_size=batch_size, max_batch_bytes=max_batch_bytes)
     finally:
@@ -103,7 +120,7 @@ def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator
             if not fetched:
                 exhausted = True
                 break
-            sizes = [_row_size(row) for row in fetched]
+            sizes = [len(row[_TEXT] or "") + len(row[_EMBED] or "") + len(row[_LABELS] or "") for row in fetched]
             estimate = max(max(sizes), estimate // 2)
             size += sum(sizes)
             rows.extend(fetched)

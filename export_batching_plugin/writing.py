@@ -1,8 +1,9 @@
 """Streaming writers for posts.json and posts.csv.
 
-Each post is encoded by the host's own code (``post_record`` with the host's
-simplejson options, ``csv_row``); the writers own only the framing, which
-reproduces the host's whole-file output byte for byte:
+Each batch of posts is encoded by :mod:`.encoding` (the host's per-post
+encoding, reproduced on plain rows and proven equal by the differential
+tests); the writers own only the framing, which reproduces the host's
+whole-file output byte for byte:
 
 - JSON: the host writes ``simplejson.dumps(records, indent=2) + "\\n"``. A
   batch encoded the same way is ``"[\\n" + items + "\\n]"`` with each item
@@ -13,13 +14,16 @@ reproduces the host's whole-file output byte for byte:
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import simplejson
-from skyarchive.export import JSON_OPTIONS, csv_row, open_csv, post_record
+from skyarchive.export import open_csv
+
+from .encoding import BatchEncoder, CsvRows, make_encoders
 
 #: Write buffer of posts.json: a batch of typical posts is a few hundred KiB.
 _BUFFER = 1 << 20
@@ -28,32 +32,30 @@ _BUFFER = 1 << 20
 class PostsWriter(Protocol):
     path: Path
 
-    def write_batch(self, rows: Sequence[Any]) -> None: ...
+    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None: ...
     def finish(self) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
 
 class JsonWriter:
-    """posts.json, one batch at a time."""
+    """posts.json, one batch at a time (UTF-8 bytes, as the host's text file holds them)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, encode: BatchEncoder) -> None:
         self.path = path
-        self._stream: IO[str] = open(path, "x", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115
-        self._encode = simplejson.JSONEncoder(**JSON_OPTIONS).encode
-        self._separator = "[\n"
+        self._encode = encode
+        self._stream: IO[bytes] = open(path, "xb", buffering=_BUFFER)  # noqa: SIM115
+        self._separator = b"[\n"
 
-    def write_batch(self, rows: Sequence[Any]) -> None:
-        if not rows:
-            return
-        text = self._encode([post_record(row) for row in rows])  # "[\n" + items + "\n]"
-        self._stream.write(self._separator)
-        self._stream.write(text[2:-2])
-        self._separator = ",\n"
+    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None:
+        for items in self._encode(rows):
+            self._stream.write(self._separator)
+            self._stream.write(items)
+            self._separator = b",\n"
 
     def finish(self) -> None:
         """Close the array (call once, after the last batch) and flush."""
-        self._stream.write("[]\n" if self._separator == "[\n" else "\n]\n")
+        self._stream.write(b"[]\n" if self._separator == b"[\n" else b"\n]\n")
         self._stream.flush()
 
     def close(self) -> None:
@@ -68,12 +70,19 @@ class JsonWriter:
 class CsvWriter:
     """posts.csv, one batch at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, build: CsvRows) -> None:
         self.path = path
-        self._stream, self._writer = open_csv(path)
+        self._build = build
+        self._stream, _ = open_csv(path)  # BOM and header, as the host writes them
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer)  # the host's dialect: excel
 
-    def write_batch(self, rows: Sequence[Any]) -> None:
-        self._writer.writerows([csv_row(row) for row in rows])
+    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None:
+        # One write per batch: the csv module's many small writes are slow on a file's text layer.
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerows(self._build(rows))
+        self._stream.write(self._buffer.getvalue())
 
     def finish(self) -> None:
         self._stream.flush()
@@ -89,4 +98,5 @@ class CsvWriter:
 
 def open_writer(format: str, path: Path) -> PostsWriter:
     """The streaming writer of ``format`` ("json" or "csv"), creating ``path`` exclusively."""
-    return JsonWriter(path) if format == "json" else CsvWriter(path)
+    encode, build = make_encoders()
+    return JsonWriter(path, encode) if format == "json" else CsvWriter(path, build)

@@ -28,11 +28,14 @@ hostile_text = st.one_of(
         ['"quoted", comma', "line\nbreak", "cr\r\nlf", "\u2028\u2029", "\x00\x07\x1f", "emoji 👩‍👩‍👧 🇯🇵", "", " ", "\\"]
     ),
 )
+#: Numbers whose text differs between encoders (orjson writes 1e-7 for Python's 1e-07; 64-bit edges).
+TRICKY_NUMBERS = [1e-07, 2.5e-05, -1e-09, 1e16, 1e22, 1.5e300, 5e-324, -0.0, 0.1, 2**63 - 1, 2**64, -(2**63) - 1]
 json_scalar = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(TRICKY_NUMBERS),
     st.text(max_size=10),
 )
 json_value = st.recursive(

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from .differential import STAMPS, fill, posts, run_both
+from .differential import STAMPS, TRICKY_NUMBERS, fill, posts, run_both
 from .harness import export, make_engine
 
 
@@ -91,3 +91,29 @@ def test_invalid_embed_json_fails_on_both_paths(tmp_path: Path) -> None:
     assert host.error is not None and plugin.error is not None
     assert "embed_data is not valid JSON" in str(host.error) and "embed_data is not valid JSON" in str(plugin.error)
     assert "batch " in str(plugin.error)
+
+
+@pytest.mark.parametrize("format", ["json", "csv"])
+def test_numbers_whose_text_differs_between_json_encoders(tmp_path: Path, format: str) -> None:
+    import simplejson
+
+    templates = [
+        {
+            "embed_data": simplejson.dumps({"n": number, "nested": [number]}),
+            "labels": simplejson.dumps([{"val": "x", "w": number}]),
+        }
+        for number in TRICKY_NUMBERS
+    ] + [{"text": "plain"}]
+    engine = build(tmp_path, templates, 3 * len(templates))
+    run_both(engine, tmp_path, batch_size=4, format=format)
+
+
+@pytest.mark.parametrize("format", ["json", "csv"])
+def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
+    import simplejson
+
+    big = simplejson.dumps({"external": {"description": 'é\u2028"' * 40_000, "thumb": "a/b@c"}}, ensure_ascii=False)
+    templates = [{"text": "small"}, {"embed_type": "external", "embed_data": big}, {"text": "x" * 70_000}]
+    engine = build(tmp_path, templates, 9)
+    for budget in (None, 100_000):
+        run_both(engine, tmp_path / str(budget), batch_size=4, max_batch_bytes=budget, format=format)

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy.engine
 from skyarchive.errors import SkyarchiveError
 from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 from sqlalchemy.exc import OperationalError
 
-from export_batching_plugin import batched, media, staging, writing
+from export_batching_plugin import batched, media, reading, staging, writing
 
 from .harness import export, insert_rows, make_engine, post_row
 
@@ -55,14 +54,29 @@ def connection_lost(*_: Any) -> BaseException:
     return OperationalError("SELECT posts", {}, Exception("server closed the connection unexpectedly"))
 
 
-# (module, attribute, error): each is one kind of operation of the batched path.
-OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException]]] = {
-    "write posts": (writing.JsonWriter, "write_batch", enospc),
-    "copy media": (media, "copy_media_file", enospc),
-    "fetch posts": (sqlalchemy.engine.CursorResult, "fetchmany", connection_lost),
-    "write manifest": (batched, "write_manifest", enospc),
-    "sync to disk": (staging, "_fsync_path", enospc),
-    "publish": (staging, "rename_noreplace", enospc),
+class FaultyStream:
+    """The posts stream, with its fetches going through a fault."""
+
+    def __init__(self, inner: Any, fetchmany: Callable[..., Any]) -> None:
+        self._inner, self.fetchmany = inner, fetchmany
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def faulty_stream(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
+    """Wraps reading._stream: the stream it returns fails its fetches through ``fault``."""
+    return lambda *args: (lambda inner: FaultyStream(inner, fault.wrap(inner.fetchmany)))(original(*args))
+
+
+# (owner, attribute, error, how to wrap): each is one kind of operation of the batched path.
+OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[..., Any]]] = {
+    "write posts": (writing.JsonWriter, "write_batch", enospc, lambda original, fault: fault.wrap(original)),
+    "copy media": (media, "copy_media_file", enospc, lambda original, fault: fault.wrap(original)),
+    "fetch posts": (reading, "_stream", connection_lost, faulty_stream),
+    "write manifest": (batched, "write_manifest", enospc, lambda original, fault: fault.wrap(original)),
+    "sync to disk": (staging, "_fsync_path", enospc, lambda original, fault: fault.wrap(original)),
+    "publish": (staging, "rename_noreplace", enospc, lambda original, fault: fault.wrap(original)),
 }
 
 
@@ -99,12 +113,12 @@ def test_fault_sweep(
     snapshot = {p: p.read_bytes() for p in earlier.result.export_dir.rglob("*") if p.is_file()}
     expected = export(engine, tmp_path / "host", settings=None, media=True, media_dir=media_dir)
 
-    owner, name, error = OPERATIONS[operation]
+    owner, name, error, wrap = OPERATIONS[operation]
     original = getattr(owner, name)
     failures = 0
     for k in range(1, 200):
         fault = Fault(k, persistent, error)
-        monkeypatch.setattr(owner, name, fault.wrap(original))
+        monkeypatch.setattr(owner, name, wrap(original, fault))
         outcome = export(engine, out, **run)
         monkeypatch.setattr(owner, name, original)
         if outcome.error is None:
