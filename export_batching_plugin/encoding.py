@@ -30,10 +30,12 @@ from skyarchive import export as host
 from skyarchive.errors import SkyarchiveError
 from skyarchive.models import POST_COLUMNS
 
+_dumps: Callable[..., bytes] | None
 try:
-    import orjson
+    from orjson import OPT_INDENT_2
+    from orjson import dumps as _dumps
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps exotic platforms working
-    orjson = None  # type: ignore[assignment]
+    _dumps, OPT_INDENT_2 = None, 0
 
 KNOWN_COLUMNS = (
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
@@ -82,10 +84,10 @@ def json_batch_encoder() -> BatchEncoder:
         return memoryview(slow(records).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
 
     def fast(records: list[dict[str, Any]]) -> memoryview:
-        if orjson is None:
+        if _dumps is None:
             return simple(records)
         try:
-            return memoryview(orjson.dumps(records, option=orjson.OPT_INDENT_2))[2:-2]
+            return memoryview(_dumps(records, option=OPT_INDENT_2))[2:-2]
         except TypeError:  # an integer beyond 64 bits, a lone surrogate: simplejson decides
             return simple(records)
 
@@ -156,6 +158,7 @@ def _host_json_encoder() -> BatchEncoder:
 
     post = namedtuple("post", POST_COLUMNS)  # type: ignore[misc]
     slow = simplejson.JSONEncoder(**host.JSON_OPTIONS).encode
+
     def encode(rows: Sequence[Sequence[Any]]) -> Iterator[memoryview]:
         yield memoryview(slow([host.post_record(post._make(row)) for row in rows]).encode("utf-8"))[2:-2]
 
