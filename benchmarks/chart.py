@@ -49,7 +49,7 @@ def render_chart(measurements: Sequence[Measurement], path: Path) -> str | None:
         rss_ax.plot(sizes, [p[2] for p in points], label=f"{contender} {fmt}", **style)
     time_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="wall time (s)")
     time_ax.set_title("Export wall time")
-    rss_ax.set(xscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB)")
+    rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB, log scale)")
     rss_ax.set_ylim(bottom=0)
     rss_ax.set_title("Peak RSS of the export process")
     sizes_measured = sorted({p[0] for points in lines.values() for p in points})

@@ -140,9 +140,11 @@ def csv_rows_builder(with_labels: bool) -> CsvRows:
         for (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
              reply_parent, embed_type, embed_data, labels, _archived_at) in rows:  # fmt: skip
             media = "" if embed_data is None else ";".join(media_hashes(decode(embed_data, "embed_data", uri)))
+            # None and "" are both written as an empty field; the csv module is much faster with "".
             row = [
-                uri, cid, did, text, created_at, likes, reposts, replies, quotes, "true" if is_reply else "false",
-                reply_parent, "true" if has_media else "false", media, embed_type, indexed_at,
+                uri, cid, did, text or "", created_at, likes, reposts, replies, quotes,
+                "true" if is_reply else "false", reply_parent or "", "true" if has_media else "false", media,
+                embed_type or "", indexed_at,
             ]  # fmt: skip
             if with_labels:
                 row.append("" if labels is None else ";".join(label_values(decode(labels, "labels", uri))))
