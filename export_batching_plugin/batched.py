@@ -73,7 +73,7 @@ def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> Expo
             try:
                 for batch in batches:
                     number, span, target = batch.number, len(batch.rows), writer.path
-                    writer.write_batch(batch.rows)
+                    writer.write_batch(batch)
                     if media is not None:
                         target = staging / MEDIA_DIR_NAME
                         media.copy_for(batch.rows)

@@ -48,7 +48,7 @@ CSV_15 = (
 
 #: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
 #: views, so that only one piece is in memory and nothing is copied.
-BatchEncoder = Callable[[Sequence[Sequence[Any]]], Iterator[memoryview]]
+BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[memoryview]]
 #: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
 RUN_BYTES = 1 << 20
 #: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
@@ -76,7 +76,10 @@ class _Decoder:
 
 
 def json_batch_encoder() -> BatchEncoder:
-    """Encode rows (in KNOWN_COLUMNS order) to the items of a posts.json array, indented as in the host's file."""
+    """Encode rows (in KNOWN_COLUMNS order) to the items of a posts.json array, indented as in the host's file.
+
+    ``sizes`` are the rows' stored sizes, as the reader counted them for the byte budget.
+    """
     decode = _Decoder()
     slow = simplejson.JSONEncoder(**host.JSON_OPTIONS).encode
 
@@ -91,11 +94,12 @@ def json_batch_encoder() -> BatchEncoder:
         except TypeError:  # an integer beyond 64 bits, a lone surrogate: simplejson decides
             return simple(records)
 
-    def encode(rows: Sequence[Sequence[Any]]) -> Iterator[memoryview]:
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
         run: list[dict[str, Any]] = []
         run_bytes = 0
-        for (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
-             reply_parent, embed_type, embed_data, labels, archived_at) in rows:  # fmt: skip
+        for row, size in zip(rows, sizes, strict=True):
+            (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
+             reply_parent, embed_type, embed_data, labels, archived_at) = row  # fmt: skip
             record: dict[str, Any] = {
                 "uri": uri, "cid": cid, "did": did, "text": text, "created_at": created_at,
                 "indexed_at": indexed_at, "has_media": bool(has_media), "like_count": likes,
@@ -111,7 +115,6 @@ def json_batch_encoder() -> BatchEncoder:
             if labels is not None:
                 record["labels"] = decode(labels, "labels", uri)
             record["archived_at"] = archived_at
-            size = len(text or "") + len(embed_data or "") + len(labels or "")
             if decode.saw_float or size > LARGE_RECORD:
                 if run:
                     yield fast(run)
@@ -161,7 +164,7 @@ def _host_json_encoder() -> BatchEncoder:
     post = namedtuple("post", POST_COLUMNS)  # type: ignore[misc]
     slow = simplejson.JSONEncoder(**host.JSON_OPTIONS).encode
 
-    def encode(rows: Sequence[Sequence[Any]]) -> Iterator[memoryview]:
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
         yield memoryview(slow([host.post_record(post._make(row)) for row in rows]).encode("utf-8"))[2:-2]
 
     return encode

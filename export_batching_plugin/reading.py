@@ -31,6 +31,7 @@ class Batch:
     number: int  #: 1-based
     offset: int  #: position of its first post in the export (0-based)
     rows: Sequence[Sequence[Any]]  #: row tuples, columns in schema order
+    sizes: Sequence[int]  #: each row's stored size (text, embed, labels), as counted for the byte budget
 
     def describe(self) -> str:
         return f"batch {self.number} (posts {self.offset + 1}-{self.offset + len(self.rows)})"
@@ -113,6 +114,7 @@ def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator
     exhausted = False
     while not exhausted:
         rows: list[Any] = []
+        row_sizes: list[int] = []
         size = 0
         while len(rows) < batch_size and size < max_batch_bytes:
             want = min(batch_size - len(rows), max(1, (max_batch_bytes - size) // max(estimate, 1)))
@@ -124,9 +126,10 @@ def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator
             estimate = max(max(sizes), estimate // 2)
             size += sum(sizes)
             rows.extend(fetched)
+            row_sizes.extend(sizes)
         if not rows:
             break
         number += 1
-        yield Batch(number=number, offset=offset, rows=rows)
+        yield Batch(number=number, offset=offset, rows=rows, sizes=row_sizes)
         offset += len(rows)
     return offset

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -24,6 +23,7 @@ from typing import IO, Any, Protocol
 from skyarchive.export import open_csv
 
 from .encoding import BatchEncoder, CsvRows, make_encoders
+from .reading import Batch
 
 #: Write buffer of posts.json: a batch of typical posts is a few hundred KiB.
 _BUFFER = 1 << 20
@@ -32,30 +32,20 @@ _BUFFER = 1 << 20
 class PostsWriter(Protocol):
     path: Path
 
-    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None: ...
+    def write_batch(self, batch: Batch) -> None: ...
     def finish(self) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
 
-class JsonWriter:
-    """posts.json, one batch at a time (UTF-8 bytes, as the host's text file holds them)."""
+class _FileWriter:
+    """What both writers do with their file: flush, close, and close after a failure."""
 
-    def __init__(self, path: Path, encode: BatchEncoder) -> None:
-        self.path = path
-        self._encode = encode
-        self._stream: IO[bytes] = open(path, "xb", buffering=_BUFFER)  # noqa: SIM115
-        self._separator = b"[\n"
-
-    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None:
-        for items in self._encode(rows):
-            self._stream.write(self._separator)
-            self._stream.write(items)
-            self._separator = b",\n"
+    path: Path
+    _stream: IO[Any]
 
     def finish(self) -> None:
-        """Close the array (call once, after the last batch) and flush."""
-        self._stream.write(b"[]\n" if self._separator == b"[\n" else b"\n]\n")
+        """Call once, after the last batch."""
         self._stream.flush()
 
     def close(self) -> None:
@@ -67,7 +57,28 @@ class JsonWriter:
             self._stream.close()
 
 
-class CsvWriter:
+class JsonWriter(_FileWriter):
+    """posts.json, one batch at a time (UTF-8 bytes, as the host's text file holds them)."""
+
+    def __init__(self, path: Path, encode: BatchEncoder) -> None:
+        self.path = path
+        self._encode = encode
+        self._stream = open(path, "xb", buffering=_BUFFER)  # noqa: SIM115 - closed by close()/abort()
+        self._separator = b"[\n"
+
+    def write_batch(self, batch: Batch) -> None:
+        for items in self._encode(batch.rows, batch.sizes):
+            self._stream.write(self._separator)
+            self._stream.write(items)
+            self._separator = b",\n"
+
+    def finish(self) -> None:
+        """Close the array (call once, after the last batch) and flush."""
+        self._stream.write(b"[]\n" if self._separator == b"[\n" else b"\n]\n")
+        super().finish()
+
+
+class CsvWriter(_FileWriter):
     """posts.csv, one batch at a time."""
 
     def __init__(self, path: Path, build: CsvRows) -> None:
@@ -77,23 +88,12 @@ class CsvWriter:
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer)  # the host's dialect: excel
 
-    def write_batch(self, rows: Sequence[Sequence[Any]]) -> None:
+    def write_batch(self, batch: Batch) -> None:
         # One write per batch: the csv module's many small writes are slow on a file's text layer.
         self._buffer.seek(0)
         self._buffer.truncate()
-        self._writer.writerows(self._build(rows))
+        self._writer.writerows(self._build(batch.rows))
         self._stream.write(self._buffer.getvalue())
-
-    def finish(self) -> None:
-        self._stream.flush()
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def abort(self) -> None:
-        """Close after a failure: what is still buffered is dropped, errors are ignored."""
-        with suppress(OSError):
-            self._stream.close()
 
 
 def open_writer(format: str, path: Path) -> PostsWriter:

@@ -143,7 +143,7 @@ def test_disk_full_names_the_file(archive: tuple[Any, Path], tmp_path: Path, mon
     engine, _ = archive
     original = writing.JsonWriter.write_batch
 
-    def full(self: writing.JsonWriter, rows: Any) -> None:
+    def full(self: writing.JsonWriter, batch: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", "/exports/x/posts.json")
 
     monkeypatch.setattr(writing.JsonWriter, "write_batch", full)

@@ -35,9 +35,9 @@ def test_one_event_per_batch_ending_at_the_total(engine: Any, tmp_path: Path, fo
 def test_heartbeat_inside_a_slow_batch(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = writing.JsonWriter.write_batch
 
-    def slow(self: writing.JsonWriter, rows: Any) -> None:
+    def slow(self: writing.JsonWriter, batch: Any) -> None:
         time.sleep(0.6)
-        original(self, rows)
+        original(self, batch)
 
     monkeypatch.setattr(writing.JsonWriter, "write_batch", slow)
     outcome = export(engine, tmp_path, settings={**SETTINGS, "batch_size": 100, "progress_interval": 0.1})
@@ -52,11 +52,11 @@ def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pyte
     calls = {"n": 0}
     original = writing.JsonWriter.write_batch
 
-    def failing(self: writing.JsonWriter, rows: Any) -> None:
+    def failing(self: writing.JsonWriter, batch: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(28, "No space left on device", "posts.json")
-        original(self, rows)
+        original(self, batch)
 
     monkeypatch.setattr(writing.JsonWriter, "write_batch", failing)
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.05})
