@@ -15,7 +15,7 @@ from . import __version__
 from .config import Settings
 from .media import MediaCopier
 from .progress import Channel, ProgressReporter
-from .reading import count_selection, read_batches, read_snapshot
+from .reading import Batch, count_selection, read_batches, read_snapshot
 from .staging import staged
 from .writing import open_writer
 
@@ -50,6 +50,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _next_batch(last: int, processed: int, settings: Settings, total: int) -> str:
+    """The batch that was being read when reading failed: its number and the posts it was to hold."""
+    first = processed + 1
+    return f"batch {last + 1} (posts {first}-{min(first + settings.batch_size - 1, max(total, first))})"
+
+
 def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> ExportResult | None:
     """Export ``job`` in batches, or return None to leave it to the host's exporter."""
     request = job.request
@@ -69,16 +75,18 @@ def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> Expo
             batches = read_batches(
                 conn, request, batch_size=settings.batch_size, max_batch_bytes=settings.max_batch_bytes, expected=total
             )
-            number, span, target = 1, settings.batch_size, writer.path
+            current: Batch | None = None  # the batch being written; None while the next one is read
+            last = 0  # the number of the last batch written
+            target = writer.path  # the file being written, for errors that do not say
             try:
-                for batch in batches:
-                    number, span, target = batch.number, len(batch.rows), writer.path
-                    writer.write_batch(batch)
+                for current in batches:
+                    writer.write_batch(current)
                     if media is not None:
                         target = staging / MEDIA_DIR_NAME
-                        media.copy_for(batch.rows)
-                    progress.advance(span)
-                    number, span, target = number + 1, settings.batch_size, writer.path
+                        media.copy_for(current.rows)
+                        target = writer.path
+                    progress.advance(len(current.rows))
+                    last, current = current.number, None
                 writer.finish()
                 if media is not None:
                     media.finish()
@@ -91,22 +99,24 @@ def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> Expo
                     raise
                 if isinstance(exc, OSError) and exc.filename is None:
                     exc.filename = str(target)  # a buffered write does not say which file it was writing
-                first = progress.processed + 1
-                where = f"batch {number} (posts {first}-{min(first + span - 1, max(total, first))})"
+                where = (
+                    current.describe()
+                    if current is not None
+                    else _next_batch(last, progress.processed, settings, total)
+                )
                 raise BatchFailed(f"{where} failed: {describe_error(exc)}") from exc
             writer.close()
             if media is not None:
                 media.close()
+            copied = media.copied if media is not None else 0
             write_manifest(
                 staging,
                 request=request,
                 exported_at=job.started_at,
                 post_count=progress.processed,
-                media_count=media.copied if media else 0,
-                media_skipped=media.skipped if media else 0,
+                media_count=copied,
+                media_skipped=media.skipped if media is not None else 0,
                 exporter=EXPORTER,
             )
             progress.finish()
-    return ExportResult(
-        export_dir=job.export_dir, post_count=progress.processed, media_count=media.copied if media else 0
-    )
+    return ExportResult(export_dir=job.export_dir, post_count=progress.processed, media_count=copied)

@@ -30,9 +30,9 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
-def staging_dir_for(export_dir: Path, pid: int | None = None) -> Path:
-    """``<parent>/.<name>.staging-<pid>``."""
-    return export_dir.parent / f".{export_dir.name}.staging-{pid or os.getpid()}"
+def staging_dir_for(export_dir: Path) -> Path:
+    """``<parent>/.<name>.staging-<this process's pid>``."""
+    return export_dir.parent / f".{export_dir.name}.staging-{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
