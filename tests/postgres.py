@@ -64,13 +64,14 @@ def pg_url() -> Iterator[str]:
 
 
 def terminate_other_backends(database_url: str) -> int:
-    """Kill every other session on the database of ``database_url`` (as another session would)."""
+    """Kill every other session on the database of ``database_url`` (as another session would), waiting up to
+    5 s for each to end (PostgreSQL 14+: otherwise the next statement may still get through)."""
     database = database_url.rsplit("/", 1)[1]
     admin = admin_engine()
     try:
         with admin.connect() as conn:
             killed = conn.exec_driver_sql(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
                 " WHERE datname = %(db)s AND pid <> pg_backend_pid()",
                 {"db": database},
             ).scalar_one()

@@ -117,24 +117,3 @@ def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
     engine = build(tmp_path, templates, 9)
     for budget in (None, 100_000):
         run_both(engine, tmp_path / str(budget), batch_size=4, max_batch_bytes=budget, format=format)
-
-
-def test_without_orjson_the_bytes_are_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export_batching_plugin import encoding
-
-    monkeypatch.setattr(encoding, "_dumps", None)
-    engine = build(tmp_path, [{"text": "plain"}, {"embed_data": '{"images": [{"fullsize": "a/b@c"}], "n": 1e-07}'}], 7)
-    for format in ("json", "csv"):
-        run_both(engine, tmp_path / format, batch_size=3, format=format)
-
-
-def test_a_host_with_unknown_columns_gets_its_own_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export_batching_plugin import encoding
-
-    monkeypatch.setattr(encoding, "KNOWN_COLUMNS", ())
-    fallback_json, fallback_csv = encoding.make_encoders()
-    assert fallback_json.__qualname__.startswith("_host_json_encoder")
-    assert fallback_csv.__qualname__.startswith("_host_csv_rows")
-    engine = build(tmp_path, [{"text": "plain"}, {"embed_data": '{"images": [{"fullsize": "a/b@c"}], "n": 1e-07}'}], 7)
-    for format in ("json", "csv"):
-        run_both(engine, tmp_path / format, batch_size=3, format=format)

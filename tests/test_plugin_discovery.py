@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pluggy
 import pytest
+from skyarchive.cli import run_export
 from skyarchive.config import AppConfig
 from skyarchive.errors import UsageError
+from skyarchive.export import ExportJob, ExportRequest
 from skyarchive.plugins import load_plugins
 
+from export_batching_plugin.config import Settings
 from export_batching_plugin.plugin import ExportBatching, ExportBatchingWithProgress
 
 from .conftest import DID, HOST_VERSION, Archive
+from .harness import insert_rows, make_engine, post_row
 
 
 def test_plugin_is_installed_under_the_entry_point_group() -> None:
@@ -35,19 +41,28 @@ def test_installed_but_not_enabled_plugin_stays_off() -> None:
     assert pm.hook.skyarchive_export.get_hookimpls() == []
 
 
-def test_the_other_hosts_hook_does_not_fit() -> None:
-    """The plugin must pick its hook by host release: the wrong one is rejected by pluggy."""
+def test_the_other_hosts_hook_does_not_fit(tmp_path: Path) -> None:
+    """The plugin must pick its hook by host release: the other one is rejected, or never gets progress to report."""
     from skyarchive import hookspecs
 
     wrong = ExportBatching if HOST_VERSION >= (0, 4) else ExportBatchingWithProgress
     pm = pluggy.PluginManager("skyarchive")
     pm.add_hookspecs(hookspecs)
-    if HOST_VERSION >= (0, 4):
-        # A hookimpl asking for fewer arguments fits; it would never get the progress reporter.
-        pm.register(wrong(settings=None))  # type: ignore[arg-type]
-    else:
+    if HOST_VERSION < (0, 4):
         with pytest.raises(pluggy.PluginValidationError):
-            pm.register(wrong(settings=None))  # type: ignore[arg-type]
+            pm.register(wrong(Settings()))
+        return
+    # 0.4: a hookimpl asking for fewer arguments registers, but reports through 0.3's job.report_progress.
+    pm.register(wrong(Settings(threshold=0)))
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(3)])
+    job = ExportJob(
+        request=ExportRequest.create(did="did:plc:owner", format="json"), config=AppConfig(), engine=engine,
+        export_dir=tmp_path / "out" / "x", started_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+    with pytest.raises(AttributeError, match="report_progress"):
+        run_export(job, pm)
+    engine.dispose()
 
 
 def test_enabled_but_missing_plugin_is_an_error(archive: Archive) -> None:

@@ -7,10 +7,13 @@ server fails these tests; elsewhere they skip with the reason.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import Engine
 
-from export_batching_plugin.batched import BatchFailed
+from export_batching_plugin import reading
+from export_batching_plugin.batched import ExportFailed
 
 from .conftest import Archive
 from .differential import STAMPS, fill, posts, run_both
@@ -141,10 +145,118 @@ def test_connection_killed_mid_export_fails_cleanly(engine: Engine, pg_url: str,
 
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250}, listener=kill)
     assert killed and killed[0] >= 1
-    assert isinstance(outcome.error, BatchFailed), outcome.error
-    assert "batch 3 (posts 501-750) failed" in str(outcome.error), str(outcome.error)
+    assert isinstance(outcome.error, ExportFailed), outcome.error
+    assert "reading batch 3 (posts 501-750) failed" in str(outcome.error), str(outcome.error)
     assert list(tmp_path.rglob("*.staging-*")) == [] and list(tmp_path.rglob("manifest.json")) == []
     assert outcome.job is not None and outcome.job.status == "failed"
+
+
+# -- the session is held only while rows are read ------------------------------------------------
+
+
+def slow_media_archive(engine: Engine, media_dir: Path) -> Path:
+    """300 posts, one media file on "slow storage": a FIFO that :func:`feed_after` writes to later."""
+    fill(engine, [{"text": "x"}], 300, spread=True)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(media_dir / "slow.jpg")
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
+                 " SELECT 'slow', uri, 'image/jpeg', 'slow.jpg', 4, created_at FROM posts ORDER BY uri LIMIT 1")
+        )  # fmt: skip
+    return media_dir / "slow.jpg"
+
+
+def feed_after(fifo: Path, seconds: float, then: Callable[[], None] | None = None) -> threading.Thread:
+    def feed() -> None:
+        time.sleep(seconds)
+        if then is not None:
+            then()
+        with open(fifo, "wb") as stream:
+            stream.write(b"jpeg")
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    return thread
+
+
+def test_an_idle_in_transaction_timeout_does_not_fail_a_slow_export(
+    engine: Engine,
+    pg_url: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """The server ends sessions idle in a transaction after 1 s; copying a media file takes 3 s."""
+    fifo = slow_media_archive(engine, tmp_path / "media")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET idle_in_transaction_session_timeout = '1s'"
+        )
+    engine.dispose()
+    outcomes = {}
+    for name, table in (("host", None), ("plugin", {"threshold": 0, "batch_size": 50})):
+        feeder = feed_after(fifo, 3)
+        outcomes[name] = export(engine, tmp_path / name, settings=table, media=True, media_dir=tmp_path / "media")
+        feeder.join()
+    host, plugin = outcomes["host"], outcomes["plugin"]
+    assert host.error is None, host.error
+    assert plugin.error is None, plugin.error
+    assert plugin.posts_bytes == host.posts_bytes
+    assert plugin.result is not None and (plugin.result.export_dir / "media" / "slow.jpg").read_bytes() == b"jpeg"
+
+
+@pytest.mark.parametrize("when", ["while media files are copied", "as the read transaction ends"])
+def test_a_session_terminated_late_does_not_change_the_outcome(
+    engine: Engine, pg_url: str, tmp_path: Path, when: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """pg_terminate_backend once every row is read: the export is complete, and is reported so."""
+    fifo = slow_media_archive(engine, tmp_path / "media")
+    killed: list[int] = []
+
+    def kill() -> None:
+        killed.append(terminate_other_backends(pg_url))
+
+    if when == "as the read transaction ends":
+        original = reading.Snapshot.end
+
+        def end(self: reading.Snapshot, *, complete: bool) -> None:
+            kill()
+            original(self, complete=complete)
+
+        monkeypatch.setattr(reading.Snapshot, "end", end)
+    feeder = feed_after(fifo, 2, then=kill if when == "while media files are copied" else None)
+    outcome = export(
+        engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 50}, media=True,
+        media_dir=tmp_path / "media",
+    )  # fmt: skip
+    feeder.join()
+    if when == "as the read transaction ends":
+        assert killed == [1], killed
+        assert "every row was read, but ending the read transaction failed: (psycopg" in caplog.text
+    assert outcome.error is None, outcome.error
+    assert outcome.result is not None and outcome.result.export_dir.is_dir()
+    assert outcome.manifest is not None and outcome.manifest["post_count"] == 300
+    assert outcome.manifest["media_count"] == 1
+    assert list(tmp_path.rglob("*.staging-*")) == []
+
+
+def test_an_autocommit_engine_still_gets_one_snapshot(engine: Engine, tmp_path: Path) -> None:
+    """isolation_level=AUTOCOMMIT on the engine: the plugin's connection is still one REPEATABLE READ snapshot."""
+    fill(engine, [{"text": "old"}], 1000, spread=True)
+    autocommit = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    before = export(autocommit, tmp_path / "before", settings=None)
+
+    def change(processed: int, total: int) -> None:
+        if processed == 100:
+            with engine.begin() as conn:
+                conn.execute(
+                    text("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at LIMIT 50)")
+                )
+
+    during = export(autocommit, tmp_path / "during", settings={"threshold": 0, "batch_size": 100}, listener=change)
+    autocommit.dispose()
+    assert during.error is None, during.error
+    assert during.posts_bytes == before.posts_bytes
 
 
 # -- memory: the server-side cursor keeps the client flat ---------------------------------------

@@ -1,12 +1,27 @@
-"""Progress: after every batch, monotonic, ending at the total, heartbeats in slow batches, none after a failure."""
+"""Progress: after every batch, through slow batches and the finishing phase, as the user sees it on the console.
+
+skyarchive's console prints at most one progress line per 5 s (and always the
+one that reaches 100%); the user must see a line at least every 5 s from start
+to exit. The CLI tests read the lines as skyarchive prints them, with their
+arrival times, from a real process.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from skyarchive.models import media_table, posts_table
+from skyarchive.seed import DEFAULT_DID, seed_archive
 
 from export_batching_plugin import writing
 from export_batching_plugin.progress import ProgressReporter
@@ -14,10 +29,18 @@ from export_batching_plugin.progress import ProgressReporter
 from .harness import export, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
+#: skyarchive's console prints a line 5 s after the last at the earliest; a report must be there by then.
+CONSOLE = 5.0
+SLACK = 0.5  # thread wake-ups and process scheduling on a loaded 2-core machine
+
+
+def distinct(events: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The events without the repeats a heartbeat adds during a slow batch."""
+    return [event for n, event in enumerate(events) if n == 0 or event != events[n - 1]]
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
+def engine(tmp_path: Path) -> Iterator[Any]:
     engine = make_engine(tmp_path / "a.db")
     insert_rows(engine, [post_row(n) for n in range(35)])
     yield engine
@@ -28,7 +51,7 @@ def engine(tmp_path: Path) -> Any:
 def test_one_event_per_batch_ending_at_the_total(engine: Any, tmp_path: Path, format: str) -> None:
     outcome = export(engine, tmp_path, settings=SETTINGS, format=format)
     assert outcome.error is None
-    assert outcome.events == [(0, 35), (10, 35), (20, 35), (30, 35), (35, 35)]
+    assert distinct(outcome.events) == [(0, 35), (10, 35), (20, 35), (30, 35), (35, 35)]
     assert outcome.job is not None and (outcome.job.processed, outcome.job.total) == (35, 35)
 
 
@@ -43,7 +66,7 @@ def test_heartbeat_inside_a_slow_batch(engine: Any, tmp_path: Path, monkeypatch:
     outcome = export(engine, tmp_path, settings={**SETTINGS, "batch_size": 100, "progress_interval": 0.1})
     assert outcome.error is None
     zeros = [event for event in outcome.events if event == (0, 35)]
-    assert len(zeros) >= 3, f"expected heartbeats repeating (0, 35) during the slow batch, got {outcome.events}"
+    assert len(zeros) >= 30, f"expected the count repeated every 10 ms during the slow batch, got {len(zeros)}"
     assert outcome.events[-1] == (35, 35)
     assert [done for done, _ in outcome.events] == sorted(done for done, _ in outcome.events)
 
@@ -61,9 +84,9 @@ def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(writing.JsonWriter, "write_batch", failing)
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.05})
     assert outcome.error is not None
-    assert "batch 2 (posts 11-20) failed: disk full: posts.json" in str(outcome.error)
+    assert "writing batch 2 (posts 11-20) failed: disk full: posts.json" in str(outcome.error)
     seen = list(outcome.events)
-    assert seen == [(0, 35), (10, 35)]
+    assert distinct(seen) == [(0, 35), (10, 35)]
     time.sleep(0.3)
     assert outcome.events == seen, "no progress may be reported once the export has failed"
     assert outcome.job is not None and outcome.job.status == "failed"
@@ -71,8 +94,136 @@ def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pyte
 
 def test_reporter_repeats_the_count_when_idle() -> None:
     events: list[tuple[int, int]] = []
-    with ProgressReporter(lambda d, t: events.append((d, t)), 5, interval=0.05) as progress:
-        time.sleep(0.4)
+    with ProgressReporter(lambda d, t: events.append((d, t)), 5, interval=0.5) as progress:
+        time.sleep(0.45)
         progress.advance(5)
     assert events[0] == (0, 5) and events[-1] == (5, 5)
-    assert events.count((0, 5)) >= 3
+    assert 5 <= events.count((0, 5)) <= 10, events  # every tick (0.05 s here) without a report
+
+
+def test_finishing_logs_what_it_does_instead_of_repeating_100_percent(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[tuple[int, int]] = []
+    with ProgressReporter(lambda d, t: events.append((d, t)), 5, interval=0.2) as progress:
+        progress.advance(5)
+        progress.finishing(lambda: "syncing 3 media files")
+        time.sleep(0.5)
+    assert events == [(0, 5), (5, 5)], "a console prints every report at 100%: none may repeat"
+    lines = [r.getMessage() for r in caplog.records]
+    assert 2 <= len(lines) <= 3 and set(lines) == {"export_batching: syncing 3 media files"}, lines
+
+
+# -- the console, as printed by the skyarchive CLI ----------------------------------------------------
+
+
+def timed_lines(command: list[str], cwd: Path, *, during: Any = None) -> tuple[int, list[tuple[float, str]], float]:
+    """Run ``command``; its stderr lines with their arrival times (from the start), and when it exited."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, str]] = []
+    assert process.stderr is not None and process.stdout is not None
+
+    def read() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            lines.append((time.monotonic() - started, line.rstrip("\n")))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    if during is not None:
+        during(process)
+    process.stdout.read()
+    code = process.wait(timeout=600)
+    ended = time.monotonic() - started
+    reader.join()
+    return code, lines, ended
+
+
+def longest_silence(lines: list[tuple[float, str]], ended: float) -> float:
+    moments = [0.0, *(at for at, _ in lines), ended]
+    return max(b - a for a, b in itertools.pairwise(moments))
+
+
+SLOW_BATCH = textwrap.dedent(
+    """
+    import sys, time
+    from export_batching_plugin import writing
+    original = writing.JsonWriter.write_batch
+    def stalled(self, batch):
+        if batch.number == 3:
+            time.sleep(float(sys.argv[1]))
+        original(self, batch)
+    writing.JsonWriter.write_batch = stalled
+    from skyarchive.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def plugin_config(root: Path) -> None:
+    (root / "skyarchive.toml").write_text(
+        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\nbatch_size = 100\n',
+        encoding="utf-8",
+    )
+
+
+def test_a_stalled_batch_keeps_the_console_going(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "skyarchive.db")
+    seed_archive(engine, posts_table, media_table, posts=1000, media_every=0, media_dir=tmp_path / "media")
+    engine.dispose()
+    plugin_config(tmp_path)
+    command = [sys.executable, "-c", SLOW_BATCH, "16", "export", "--did", DEFAULT_DID, "--format", "json"]
+    code, lines, ended = timed_lines(command, tmp_path)
+    assert code == 0, lines
+    stalled = [at for at, line in lines if line == "export: 200/1000 posts (20%)"]
+    assert len(stalled) >= 3, f"the stalled batch should show its count at least every 5 s: {lines}"
+    assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
+
+
+@pytest.fixture(scope="module")
+def media_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6,000 posts with about 10,000 media files (skyarchive's seed, a media file for every post)."""
+    root = tmp_path_factory.mktemp("media")
+    engine = make_engine(root / "skyarchive.db")
+    seeded = seed_archive(engine, posts_table, media_table, posts=6000, media_every=1, media_dir=root / "media")
+    engine.dispose()
+    assert seeded.media >= 10_000
+    plugin_config(root)
+    return root
+
+
+def test_ten_thousand_media_files_keep_the_console_going(media_archive: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "skyarchive", "export", "--did", DEFAULT_DID, "--format", "json", "--media",
+               "--out", str(tmp_path / "out")]  # fmt: skip
+    code, lines, ended = timed_lines(command, media_archive)
+    assert code == 0, lines
+    assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
+    assert any(line == "export: 6000/6000 posts (100%)" for _, line in lines)
+
+
+def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> None:
+    """A media file on slow storage (a FIFO written 12 s late): status lines, at least every 5 s, until it is done."""
+    engine = make_engine(tmp_path / "skyarchive.db")
+    seed_archive(engine, posts_table, media_table, posts=300, media_every=0, media_dir=tmp_path / "media")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
+            " SELECT 'slow', uri, 'image/jpeg', 'slow.jpg', 4, created_at FROM posts LIMIT 1"
+        )
+    engine.dispose()
+    fifo = tmp_path / "media" / "slow.jpg"
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    plugin_config(tmp_path)
+    command = [sys.executable, "-m", "skyarchive", "export", "--did", DEFAULT_DID, "--format", "json", "--media"]
+
+    def feed_late(process: subprocess.Popen[str]) -> None:
+        time.sleep(12)
+        with open(fifo, "wb") as stream:
+            stream.write(b"jpeg")
+
+    code, lines, ended = timed_lines(command, tmp_path, during=feed_late)
+    assert code == 0, lines
+    status = [line for _, line in lines if "WARNING: export_batching:" in line]
+    assert len(status) >= 2, lines
+    expected = "skyarchive: WARNING: export_batching: all 300 posts written; copying media files: 0 of 1 done"
+    assert set(status) == {expected}, status
+    assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines

@@ -12,7 +12,7 @@ from skyarchive.export import ExportRequest
 from sqlalchemy import event
 
 from export_batching_plugin import batched
-from export_batching_plugin.reading import read_batches, read_snapshot
+from export_batching_plugin.reading import Snapshot, read_batches
 
 from .harness import export, insert_rows, make_engine, post_row
 
@@ -47,11 +47,12 @@ def batch_shapes(tmp_path: Path, rows: list[dict[str, Any]], **options: int) -> 
     engine = make_engine(tmp_path / "big.db")
     insert_rows(engine, rows)
     request = ExportRequest.create(did="did:plc:owner", format="json")
-    with read_snapshot(engine) as conn:
-        shapes = [
-            (len(b.rows), sum(len(r[14] or "") + len(r[3] or "") for r in b.rows))  # embed_data, text
-            for b in read_batches(conn, request, expected=len(rows), **options)
-        ]
+    snapshot = Snapshot.open(engine)
+    shapes = [
+        (len(b.rows), sum(len(r[14] or "") + len(r[3] or "") for r in b.rows))  # embed_data, text
+        for b in read_batches(snapshot.conn, request, expected=len(rows), **options)
+    ]
+    snapshot.end(complete=True)
     engine.dispose()
     return shapes
 

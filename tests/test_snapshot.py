@@ -10,19 +10,47 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
 
 from .harness import export, insert_rows, make_engine, post_row
 
 POSTS = 3000
 
 
-def archive(tmp_path: Path, journal_mode: str) -> tuple[Any, Path]:
+def pysqlite_recipe(db: Path) -> Engine:
+    """SQLAlchemy's documented recipe for pysqlite transactions: the driver's own handling off, BEGIN on begin."""
+    engine = create_engine(f"sqlite:///{db}")
+
+    @event.listens_for(engine, "connect")
+    def do_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def do_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+ENGINES: dict[str, Callable[[Path], Engine]] = {
+    "default": lambda db: create_engine(f"sqlite:///{db}"),
+    "pysqlite recipe": pysqlite_recipe,
+    "AUTOCOMMIT": lambda db: create_engine(f"sqlite:///{db}", isolation_level="AUTOCOMMIT"),
+    "SERIALIZABLE": lambda db: create_engine(f"sqlite:///{db}", isolation_level="SERIALIZABLE"),
+    "READ UNCOMMITTED": lambda db: create_engine(f"sqlite:///{db}", isolation_level="READ UNCOMMITTED"),
+}
+
+
+def archive(tmp_path: Path, journal_mode: str, setup: str = "default") -> tuple[Any, Path]:
     db = tmp_path / "a.db"
-    engine = make_engine(db)
+    make_engine(db).dispose()  # the schema
+    engine = ENGINES[setup](db)
     with sqlite3.connect(db) as conn:
         assert conn.execute(f"PRAGMA journal_mode={journal_mode}").fetchone()[0] == journal_mode.lower()
     rows = [
@@ -44,9 +72,11 @@ def change_archive(db: Path, *, timeout: float) -> None:
         conn.execute("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at ASC LIMIT 100)")
 
 
+@pytest.mark.parametrize("setup", list(ENGINES))
 @pytest.mark.parametrize("journal_mode", ["WAL", "DELETE"])
-def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: str) -> None:
-    engine, db = archive(tmp_path, journal_mode)
+def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: str, setup: str) -> None:
+    """Also on engines set up to begin transactions their own way: the plugin's snapshot respects that setup."""
+    engine, db = archive(tmp_path, journal_mode, setup)
     before = export(engine, tmp_path / "before", settings=None)
     assert before.posts_bytes is not None
     writers: list[threading.Thread] = []

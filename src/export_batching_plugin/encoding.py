@@ -1,0 +1,334 @@
+"""Per-post encoding on the hot path, byte-identical to the host's ``post_record``/``csv_row``.
+
+The host's functions take an object with attributes (an ORM ``Post``); the
+plugin reads plain row tuples, which are cheaper, and encodes them here:
+
+- JSON: records are built as ``post_record`` builds them, and encoded with
+  orjson (``OPT_INDENT_2``), whose output equals simplejson's ``indent=2,
+  ensure_ascii=False`` for str, int (64-bit), bool, None, lists and dicts, but
+  not for floats (orjson writes ``1e-7`` where Python writes ``1e-07``, and
+  ``null`` for infinity where simplejson refuses it), integers beyond 64 bits
+  or bytes (orjson refuses both). So embeds and labels are parsed with
+  simplejson, as the host parses them (orjson would turn big integers into
+  floats), noting whether a float was seen; a record with such a float, a
+  count that is not a plain int (SQLite stores what a column's declared type
+  does not promise: a REAL or TEXT in an INTEGER column), or more than
+  ``LARGE_RECORD`` of stored text, and any run orjson refuses, is encoded
+  with simplejson, as the host encodes it.
+- CSV: the row ``csv_row`` builds, with the host's own ``media_hashes`` and
+  ``label_values``.
+
+Before the fast encoders are used, :func:`self_check` runs them and the
+host's own functions on a fixed set of hostile rows (every column, every
+special case above, values of the wrong type); if any output differs, the
+export streams with the host's own per-post functions instead (slower, same
+bounded memory) and says so once (:func:`make_encoders`).
+``tests/test_byte_identity.py`` proves the equality on random archives for
+each host release.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import simplejson
+from orjson import OPT_INDENT_2
+from orjson import dumps as _dumps
+
+from . import host
+
+#: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
+#: views, so that only one piece is in memory and nothing is copied.
+BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[memoryview]]
+#: Rows -> the posts.csv rows (lists of values, as the host's ``csv_row`` returns them).
+CsvRows = Callable[[Sequence[Sequence[Any]]], list[list[Any]]]
+#: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
+RUN_BYTES = 1 << 20
+#: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
+#: for long strings (measured: 40 posts of 2 MiB, tracemalloc peak 150 MiB with orjson, 39 MiB without).
+LARGE_RECORD = 64 << 10
+CSV_15 = (
+    "URI", "CID", "DID", "Text", "CreatedAt", "LikeCount", "RepostCount", "ReplyCount", "QuoteCount", "IsReply",
+    "ReplyParent", "HasMedia", "MediaFiles", "EmbedType", "IndexedAt",
+)  # fmt: skip
+
+_TEXT, _EMBED, _LABELS = (host.POST_COLUMNS.index(name) for name in ("text", "embed_data", "labels"))
+_Post = namedtuple("_Post", host.POST_COLUMNS)  # type: ignore[misc]  # what the host's functions read
+
+
+class _Parser:
+    """simplejson parsing, as the host parses (``simplejson.loads``), that notes whether a float was seen."""
+
+    def __init__(self) -> None:
+        self.saw_float = False
+        self._decode = simplejson.JSONDecoder(parse_float=self._float).decode
+
+    def _float(self, text: str) -> float:
+        self.saw_float = True
+        return float(text)
+
+    def __call__(self, value: Any, column: str, uri: Any) -> Any:
+        try:
+            if type(value) is str:
+                return self._decode(value)
+            return simplejson.loads(value, parse_float=self._float)  # bytes, as the host's loads takes them
+        except ValueError as exc:  # the host's message, word for word
+            raise host.SkyarchiveError(f"post {uri}: {column} is not valid JSON ({exc})") from None
+
+
+def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
+    """Encode rows (in POST_COLUMNS order) to the items of a posts.json array, indented as in the host's file.
+
+    ``sizes`` are the rows' stored sizes, as the reader counted them for the byte budget.
+    """
+    parse = _Parser()
+    slow = simplejson.JSONEncoder(**per_post.json_options).encode
+
+    def simple(records: list[dict[str, Any]]) -> memoryview:
+        return memoryview(slow(records).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
+
+    def fast(records: list[dict[str, Any]]) -> memoryview:
+        try:
+            return memoryview(_dumps(records, option=OPT_INDENT_2))[2:-2]
+        except TypeError:  # an integer beyond 64 bits, bytes, a lone surrogate: simplejson decides
+            return simple(records)
+
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
+        run: list[dict[str, Any]] = []
+        run_bytes = 0
+        for row, size in zip(rows, sizes, strict=True):
+            (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
+             reply_parent, embed_type, embed_data, labels, archived_at) = row  # fmt: skip
+            record: dict[str, Any] = {
+                "uri": uri, "cid": cid, "did": did, "text": text, "created_at": created_at,
+                "indexed_at": indexed_at, "has_media": bool(has_media), "like_count": likes,
+                "repost_count": reposts, "reply_count": replies, "quote_count": quotes, "is_reply": bool(is_reply),
+            }  # fmt: skip
+            if reply_parent is not None:
+                record["reply_parent"] = reply_parent
+            if embed_type is not None:
+                record["embed_type"] = embed_type
+            parse.saw_float = False
+            if embed_data is not None:
+                record["embed_data"] = parse(embed_data, "embed_data", uri)
+            if labels is not None:
+                record["labels"] = parse(labels, "labels", uri)
+            record["archived_at"] = archived_at
+            plain = type(likes) is int and type(reposts) is int and type(replies) is int and type(quotes) is int
+            if parse.saw_float or not plain or size > LARGE_RECORD:
+                if run:
+                    yield fast(run)
+                    run, run_bytes = [], 0
+                yield simple([record])
+                continue
+            run.append(record)
+            run_bytes += size
+            if run_bytes >= RUN_BYTES:
+                yield fast(run)
+                run, run_bytes = [], 0
+        if run:
+            yield fast(run)
+
+    return encode
+
+
+def csv_rows_builder(per_post: host.PerPost) -> CsvRows:
+    """Build posts.csv rows from rows in POST_COLUMNS order, as the host's ``csv_row`` does.
+
+    Uses the host's own ``media_hashes`` and, where the header has ``Labels``, ``label_values``.
+    """
+    parse = _Parser()
+    with_labels = per_post.csv_header[-1:] == ("Labels",)
+    media_hashes, label_values = per_post.media_hashes, per_post.label_values
+    if media_hashes is None or (with_labels and label_values is None):
+        raise ValueError("the host has no media_hashes/label_values")
+
+    def build(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        out = []
+        for (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
+             reply_parent, embed_type, embed_data, labels, _archived_at) in rows:  # fmt: skip
+            media = "" if embed_data is None else ";".join(media_hashes(parse(embed_data, "embed_data", uri)))
+            # None and "" are both written as an empty field; the csv module is faster with "".
+            row = [
+                uri, cid, did, "" if text is None else text, created_at, likes, reposts, replies, quotes,
+                "true" if is_reply else "false", "" if reply_parent is None else reply_parent,
+                "true" if has_media else "false", media, "" if embed_type is None else embed_type, indexed_at,
+            ]  # fmt: skip
+            if label_values is not None and with_labels:
+                row.append("" if labels is None else ";".join(label_values(parse(labels, "labels", uri))))
+            out.append(row)
+        return out
+
+    return build
+
+
+def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
+    """The host's own per-post code: ``post_record``, encoded with ``JSON_OPTIONS``."""
+    slow = simplejson.JSONEncoder(**per_post.json_options).encode
+    post_record = per_post.post_record
+
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
+        yield memoryview(slow([post_record(_Post._make(row)) for row in rows]).encode("utf-8"))[2:-2]
+
+    return encode
+
+
+def host_csv_rows(per_post: host.PerPost) -> CsvRows:
+    """The host's own per-post code: ``csv_row``."""
+    csv_row = per_post.csv_row
+    return lambda rows: [csv_row(_Post._make(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The per-post encoders of one export, and the header they go with."""
+
+    json: BatchEncoder
+    csv: CsvRows
+    csv_header: tuple[str, ...]
+    #: Why the fast encoders are not used, or None when they are.
+    fallback_reason: str | None = None
+
+
+def make_encoders() -> Encoders:
+    """The fast encoders when they pass :func:`self_check` on the installed host, else the host's own code."""
+    per_post = host.per_post()
+    header = per_post.csv_header
+    reason: str | None
+    if header not in (CSV_15, (*CSV_15, "Labels")):
+        reason = f"its posts.csv header is {', '.join(header)}"
+    else:
+        try:
+            reason = self_check(per_post, json_batch_encoder(per_post), csv_rows_builder(per_post))
+        except ValueError as exc:
+            reason = str(exc)
+    if reason is None:
+        return Encoders(json_batch_encoder(per_post), csv_rows_builder(per_post), header)
+    return Encoders(host_json_encoder(per_post), host_csv_rows(per_post), header, fallback_reason=reason)
+
+
+# -- the self-check ---------------------------------------------------------------------------------
+
+_BASE = (
+    "at://did:plc:probe/app.bsky.feed.post/3k", "bafyreiprobe", "did:plc:probe", "plain text",
+    "2025-01-01T00:00:00.000Z", "2025-01-01T00:00:01.000Z", 0, 0, 0, 0, 0, 0, None, None, None, None,
+    "2025-01-02T00:00:00.000Z",
+)  # fmt: skip
+_IMAGES = (
+    '{"images": [{"fullsize": "https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:x/bafkreiaaa@jpeg", "alt": "é"},'
+    ' {"fullsize": ""}, {"fullsize": 5}, {"thumb": "t"}, "not an object", {"fullsize": "a/b@c@d"}]}'
+)
+#: Hostile values, column by column: each probe row is _BASE with these columns replaced.
+PROBES: tuple[dict[str, Any], ...] = (
+    {},
+    {"text": 'a "quote", a comma\nLF\r\nCRLF\rCR'},
+    {"text": None, "reply_parent": "", "embed_type": ""},
+    {"text": ""},
+    {"text": "\x00\x07\x1f\x7f \u2028\u2029 👩‍👩‍👧 \U0001f600 é \ud7ff"},
+    {"text": "  spaced  ", "reply_parent": "at://x/y,z", "embed_type": "images"},
+    {"text": "007", "uri": 'at://did:plc:probe/"q",c', "cid": "1e5", "did": "did:plc:probe"},
+    {"has_media": 1, "is_reply": 1},
+    {"has_media": 2, "is_reply": "false"},
+    {"has_media": 0.0, "is_reply": b""},
+    {"like_count": 2.5e-05, "repost_count": 1e16, "reply_count": -1, "quote_count": 2**63 - 1},
+    {"like_count": 1e-07, "repost_count": 0.1, "reply_count": -0.0, "quote_count": 1.5e300},
+    {"like_count": "12a", "repost_count": b"\x01", "reply_count": True, "quote_count": None},
+    {"like_count": float("inf")},
+    {"embed_type": "images", "embed_data": _IMAGES},
+    {"embed_data": '{"media": {"images": [{"fullsize": "x/y/bafkreimedia@png"}]}, "record": {"uri": "at://r"}}'},
+    {"embed_data": '{"external": {"thumb": "https://cdn/img/bafthumb@jpeg", "uri": "https://e", "n": 2}}'},
+    {"embed_data": '{"external": {"thumb": 7}, "media": [1], "images": {"fullsize": "x@y"}}'},
+    {"embed_data": '{"n": 1e-07, "m": 0.1, "big": 123456789012345678901234, "neg": -0.0, "k": [1.5, 2]}'},
+    {"embed_data": '{"e": 1E400}'},
+    {"embed_data": "NaN"},
+    {"embed_data": '[{"images": [{"fullsize": "a@b"}]}]'},
+    {"embed_data": '"just a string"'},
+    {"embed_data": "null", "labels": "null"},
+    {"embed_data": '{"images": [{"fullsize": "\\u0061/\\u00e9@x"}], "t": "\\ud83d\\ude00 \\u2028 \\u0000"}'},
+    {"embed_data": '{"t": "\\ud800"}'},
+    {"embed_data": '{"images": [{"fullsize": "a/first@1"}], "images": [{"fullsize": "b/second@2"}]}'},
+    {"embed_data": "{not json"},
+    {"embed_data": b'{"images": [{"fullsize": "x/bafbytes@jpeg"}]}'},
+    {"labels": '[{"val": "spam"}, {"val": "!warn"}, {"val": 5}, {"val": null}, {"x": 1}, "s", {"val": ""}]'},
+    {"labels": '{"val": "not a list"}'},
+    {"labels": '[{"val": "a;b", "w": 0.5}, {"val": 123456789012345678901234}]'},
+    {"labels": "[not json"},
+    {"text": b"bytes, with a comma"},
+    {"text": b"\xff\xfe"},
+    {"text": "x" * (LARGE_RECORD + 1)},
+    {"text": 17, "reply_parent": 2.5, "embed_type": b"images"},
+    {
+        "uri": b"at://bytes",
+        "cid": b"bafy,bytes",
+        "did": None,
+        "created_at": b"2025",
+        "indexed_at": 5,
+        "archived_at": 2.5,
+    },
+    {"uri": 12, "cid": 1.5, "did": "did:plc:probe", "created_at": None, "indexed_at": "", "archived_at": None},
+)
+
+
+def probe_rows() -> list[tuple[Any, ...]]:
+    """The self-check's rows, in POST_COLUMNS order."""
+    rows = []
+    for n, probe in enumerate(PROBES):
+        values = dict(zip(host.POST_COLUMNS, _BASE, strict=True))
+        values["uri"] = f"{values['uri']}{n}"  # unique, unless a probe replaces it
+        values.update(probe)
+        rows.append(tuple(values[column] for column in host.POST_COLUMNS))
+    return rows
+
+
+def _outcome(produce: Callable[[], bytes]) -> bytes | str:
+    """What ``produce`` returns, or the type of what it raised (messages may give different positions)."""
+    try:
+        return produce()
+    except Exception as exc:
+        return f"raises {type(exc).__name__}"
+
+
+def _csv_text(rows: list[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def self_check(per_post: host.PerPost, encode_json: BatchEncoder, build_csv: CsvRows) -> str | None:
+    """None when the fast encoders give the host's bytes on every probe row; else what differed."""
+    whole = simplejson.JSONEncoder(**per_post.json_options).encode
+    host_rows = host_csv_rows(per_post)
+
+    def host_json(rows: list[tuple[Any, ...]]) -> bytes:
+        return whole([per_post.post_record(_Post._make(row)) for row in rows]).encode("utf-8")
+
+    def fast_json(rows: list[tuple[Any, ...]]) -> bytes:
+        sizes = [_len(row[_TEXT]) + _len(row[_EMBED]) + _len(row[_LABELS]) for row in rows]
+        items = b",\n".join(bytes(item) for item in encode_json(rows, sizes))
+        return b"[\n" + items + b"\n]" if items else b"[]"
+
+    def host_csv(rows: list[tuple[Any, ...]]) -> bytes:
+        return _csv_text(host_rows(rows))
+
+    def fast_csv(rows: list[tuple[Any, ...]]) -> bytes:
+        return _csv_text(build_csv(rows))
+
+    rows = probe_rows()
+    for row in rows:
+        for what, expected, actual in (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv)):
+            if _outcome(partial(expected, [row])) != _outcome(partial(actual, [row])):
+                return f"{what} differs on the self-check's row {row[0]!r}"
+    good = [row for row in rows if isinstance(_outcome(partial(host_json, [row])), bytes)]
+    if _outcome(partial(host_json, good)) != _outcome(partial(fast_json, good)):
+        return "posts.json differs on the self-check's rows together"
+    return None
+
+
+def _len(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes)) else 0

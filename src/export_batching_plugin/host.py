@@ -1,0 +1,199 @@
+"""Every name the plugin takes from skyarchive comes in here, and only here.
+
+Each name is marked **documented** (part of skyarchive's export contract: the
+hook, its arguments and result, and the helpers its ``skyarchive.export``
+docstring lists) or **undocumented** (used all the same, and checked). The
+same list is in docs/host-contract.md, and tests/test_host_contract.py checks
+every name against each host release.
+
+This module is imported only once :func:`export_batching_plugin.plugin.create_plugin`
+has found the installed skyarchive inside :data:`SUPPORTED`; before using it,
+the plugin calls :func:`contract_problems`, and steps aside (skyarchive's own
+exporter runs) if it finds any.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# -- documented: the hook, its job and result, the helpers of the export contract ----------------
+from skyarchive import export, hookspecs
+from skyarchive.errors import SkyarchiveError, UsageError
+from skyarchive.export import (  # noqa: F401 - imported to fail early if missing; encoding uses per_post()
+    CSV_HEADER,
+    JSON_OPTIONS,
+    POST_ORDER,
+    ExportJob,
+    ExportRequest,
+    ExportResult,
+    copy_media_file,
+    csv_row,
+    post_record,
+    selection_criteria,
+    write_manifest,
+)
+
+# -- undocumented: the tables (their schema is the documented one), the per-field helpers -------
+from skyarchive.models import media_table, posts_table
+
+#: The posts table of skyarchive's documented schema, in column order (the key order of posts.json).
+POST_COLUMNS = (
+    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
+    "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type", "embed_data", "labels", "archived_at",
+)  # fmt: skip
+MEDIA_COLUMNS = (
+    "hash", "post_uri", "mime_type", "file_path", "size_bytes", "width", "height", "alt_text", "created_at",
+)  # fmt: skip
+#: The export folder's layout, as the host reference fixes it.
+POSTS_FILE = {"json": "posts.json", "csv": "posts.csv"}
+MEDIA_DIR_NAME = "media"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PerPost:
+    """The host's per-post encoding, as its module holds it at one moment."""
+
+    post_record: Callable[[Any], dict[str, Any]]
+    csv_row: Callable[[Any], list[Any]]
+    json_options: Mapping[str, Any]
+    csv_header: tuple[str, ...]
+    #: Undocumented and optional: used by the fast CSV path where present, so that it shares the
+    #: host's own code; the self-check (encoding.self_check) proves that path equal to ``csv_row``.
+    media_hashes: Callable[[Any], list[str]] | None
+    label_values: Callable[[Any], list[str]] | None
+
+
+def per_post() -> PerPost:
+    """The host's per-post encoding, looked up now: once per export, so that the fast encoders are
+    checked against, and fall back to, exactly the functions the host's own exporter would call."""
+    return PerPost(
+        post_record=export.post_record,
+        csv_row=export.csv_row,
+        json_options=export.JSON_OPTIONS,
+        csv_header=tuple(export.CSV_HEADER),
+        media_hashes=getattr(export, "media_hashes", None),
+        label_values=getattr(export, "label_values", None),
+    )
+
+
+@dataclass(frozen=True)
+class Name:
+    """One name the plugin takes from skyarchive, and what it expects of it."""
+
+    module: str
+    name: str  #: a dotted name is an attribute of a class
+    documented: bool
+    expects: str
+    releases: tuple[str, ...] = ("0.3", "0.4")  #: the host releases that have it
+
+
+NAMES = (
+    Name("skyarchive.hookspecs", "skyarchive_export", True, "the export hook: (job) on 0.3, (job, progress) on 0.4"),
+    Name("skyarchive.export", "ExportJob.report_progress", True, "the progress channel: (processed, total)", ("0.3",)),
+    Name("skyarchive.export", "Progress.update", True, "the progress channel: (processed, total)", ("0.4",)),
+    Name("skyarchive.errors", "SkyarchiveError", True, "an Exception the CLI prints as one line (exit 1)"),
+    Name("skyarchive.errors", "UsageError", True, "a SkyarchiveError for bad input (exit 2)"),
+    Name("skyarchive.export", "ExportJob", True, "dataclass: request, config, engine, export_dir, started_at"),
+    Name("skyarchive.export", "ExportResult", True, "dataclass: export_dir, post_count, media_count"),
+    Name("skyarchive.export", "ExportRequest", True, "frozen dataclass: did, format, since, until, media"),
+    Name("skyarchive.export", "selection_criteria", True, "selection_criteria(request) -> WHERE clauses"),
+    Name("skyarchive.export", "POST_ORDER", True, "the ORDER BY clauses: created_at DESC, uri ASC"),
+    Name("skyarchive.export", "post_record", True, "post_record(post) -> the posts.json object"),
+    Name("skyarchive.export", "JSON_OPTIONS", True, "the simplejson options of posts.json (a mapping)"),
+    Name("skyarchive.export", "CSV_HEADER", True, "the posts.csv header (a tuple of str)"),
+    Name("skyarchive.export", "csv_row", True, "csv_row(post) -> the posts.csv row"),
+    Name("skyarchive.export", "copy_media_file", True, "copy_media_file(media, media_root, dest_dir) -> bool"),
+    Name("skyarchive.export", "write_manifest", True, "write_manifest(export_dir, *, request, exported_at, ...)"),
+    Name("skyarchive.models", "posts_table", False, "the posts Table, columns as in the documented schema"),
+    Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
+    Name("skyarchive.export", "media_hashes", False, "media_hashes(embed) -> list of str (fast CSV path only)"),
+    Name(
+        "skyarchive.export", "label_values", False, "label_values(labels) -> list of str (fast CSV path only)", ("0.4",)
+    ),
+)
+
+
+def hook_arguments() -> tuple[str, ...]:
+    """The argument names of the installed host's export hook."""
+    return tuple(inspect.signature(hookspecs.skyarchive_export).parameters)
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _optional(module: Any, name: str, parameters: list[str]) -> bool:
+    found = getattr(module, name, None)
+    return found is None or (callable(found) and _parameters(found) == parameters)
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
+def _has_progress_channel() -> bool:
+    if hook_arguments() == ("job",):
+        return callable(getattr(ExportJob, "report_progress", None))
+    return callable(getattr(getattr(export, "Progress", None), "update", None))
+
+
+def contract_problems() -> list[str]:
+    """What about the installed host differs from what the plugin relies on (empty: nothing)."""
+    checks: list[tuple[bool, str]] = [
+        (hook_arguments() in (("job",), ("job", "progress")), f"skyarchive_export{hook_arguments()}"),
+        (_has_progress_channel(), "the progress channel (0.3: job.report_progress, 0.4: progress.update)"),
+        (issubclass(SkyarchiveError, Exception) and issubclass(UsageError, SkyarchiveError), "the error types"),
+        (_fields(ExportJob) >= {"request", "config", "engine", "export_dir", "started_at"}, "ExportJob's fields"),
+        (_fields(ExportResult) >= {"export_dir", "post_count", "media_count"}, "ExportResult's fields"),
+        (_fields(ExportRequest) >= {"did", "format", "since", "until", "media"}, "ExportRequest's fields"),
+        (_parameters(selection_criteria) == ["request"], "selection_criteria(request)"),
+        (isinstance(POST_ORDER, Sequence) and len(POST_ORDER) == 2, "POST_ORDER"),
+        (_parameters(export.post_record) == ["post"], "post_record(post)"),
+        (_parameters(export.csv_row) == ["post"], "csv_row(post)"),
+        (isinstance(export.JSON_OPTIONS, Mapping), "JSON_OPTIONS"),
+        (isinstance(export.CSV_HEADER, tuple) and all(isinstance(h, str) for h in export.CSV_HEADER), "CSV_HEADER"),
+        (
+            _parameters(copy_media_file) == ["media", "media_root", "dest_dir"],
+            "copy_media_file(media, media_root, dest_dir)",
+        ),
+        (
+            _parameters(write_manifest)
+            == ["export_dir", "request", "exported_at", "post_count", "media_count", "media_skipped", "exporter"],
+            "write_manifest(export_dir, *, request, exported_at, post_count, media_count, media_skipped, exporter)",
+        ),
+        (tuple(posts_table.columns.keys()) == POST_COLUMNS, "the posts table's columns"),
+        (tuple(media_table.columns.keys()) == MEDIA_COLUMNS, "the media table's columns"),
+        (_optional(export, "media_hashes", ["embed"]), "media_hashes(embed)"),
+        (_optional(export, "label_values", ["labels"]), "label_values(labels)"),
+    ]
+    return [what for ok, what in checks if not ok]
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MEDIA_COLUMNS",
+    "MEDIA_DIR_NAME",
+    "NAMES",
+    "POSTS_FILE",
+    "POST_COLUMNS",
+    "POST_ORDER",
+    "ExportJob",
+    "ExportRequest",
+    "ExportResult",
+    "PerPost",
+    "SkyarchiveError",
+    "UsageError",
+    "contract_problems",
+    "copy_media_file",
+    "hook_arguments",
+    "media_table",
+    "per_post",
+    "posts_table",
+    "selection_criteria",
+    "write_manifest",
+]  # fmt: skip

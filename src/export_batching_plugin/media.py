@@ -1,0 +1,188 @@
+"""Media files of the selection: listed inside the read snapshot, copied outside it.
+
+Inside the snapshot, one streamed query lists the selection's media rows in
+the host's order (the posts' order, then hash); they are spooled, pickled, to
+an unnamed temporary file beside the export, so memory does not grow with the
+number of files and nothing is left behind if the process dies. Copying
+starts at once, on worker threads, while the posts are still being read, and
+goes on after the snapshot has ended: the database is never held waiting for
+a slow disk.
+
+Each file is copied with the host's own ``copy_media_file`` (same names,
+same refusal of paths outside ``media_dir``, same skips of missing files and
+repeated names); the worker then has the kernel start writing it to disk, so
+that the final sync (:func:`.staging.sync_tree`) waits for little. The host copies
+rows in order and the first row of a file name wins; rows are routed to
+workers by file name, so all rows of one name go to one worker, in order, and
+the same row wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import tempfile
+import threading
+import time
+import unicodedata
+import zlib
+from collections import namedtuple
+from collections.abc import Callable, Generator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from . import host
+from .staging import start_writeback
+
+#: Copying threads: small files are dominated by system calls, which run without the GIL.
+WORKERS = 4
+_QUEUE_ROWS = 256
+log = logging.getLogger("export_batching_plugin")
+_MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
+#: Called by a worker for each file copied (its name and path), after it is on disk; or None.
+OnFile = Callable[[str, Path], None]
+
+
+def _file_name(row: Any) -> str:
+    """The name ``copy_media_file`` gives the copy, normalised as a case-insensitive disk would compare it."""
+    name = os.path.basename(str(row.file_path or ""))
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class MediaCopier:
+    """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
+
+    def __init__(self, *, media_root: Path, dest: Path, spool_dir: Path, on_file: OnFile | None = None) -> None:
+        self.dest = dest
+        self._root = media_root.resolve()
+        self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by wait()/abort()
+        self._on_file = on_file
+        self.rows = self.copied = self.skipped = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
+        self._threads: list[threading.Thread] = []
+
+    def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
+        """Write the media rows to the spool (inside the snapshot; fast, sequential)."""
+        with closing(chunks):  # its cursor, also when this fails
+            for chunk in chunks:
+                pickle.dump(chunk, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+                self.rows += len(chunk)
+        self._spool.flush()
+        self._spool.seek(0)
+
+    def start(self) -> None:
+        """Start copying on the worker threads."""
+        self._threads = [threading.Thread(target=self._dispatch, name="export-media-rows", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._work, args=(q,), name=f"export-media-{n}", daemon=True)
+            for n, q in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def done(self) -> int:
+        """Rows handled so far (copied or skipped)."""
+        return self.copied + self.skipped
+
+    def check(self) -> None:
+        """Raise the first error a worker met, if any (so that a failure stops the export early)."""
+        if self._error is not None:
+            raise self._error
+
+    def wait(self) -> None:
+        """Wait until every row is handled; raise the first error a worker met."""
+        for thread in self._threads:
+            while thread.is_alive():
+                thread.join(0.1)
+        self._spool.close()
+        self.check()
+
+    def abort(self, *, timeout: float = 10.0) -> None:
+        """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most.
+
+        A worker blocked on storage that does not answer is left to end when it does: it finds its
+        folder gone and stops, and it is a daemon thread.
+        """
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("export_batching: a media file copy is still waiting on its storage; left to end by itself")
+        self._spool.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self._stop.set()
+
+    def _put(self, target: queue.Queue[Any], item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                target.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _dispatch(self) -> None:
+        try:
+            while True:
+                try:
+                    chunk = pickle.load(self._spool)
+                except EOFError:
+                    return
+                for values in chunk:
+                    row = _MediaRow._make(values)
+                    worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
+                    if not self._put(self._queues[worker], row):
+                        return
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            for target in self._queues:
+                self._put(target, None)
+
+    def _work(self, rows: queue.Queue[Any]) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    row = rows.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if row is None:
+                    return
+                self._copy(row)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _copy(self, row: Any) -> None:
+        name = os.path.basename(row.file_path or "")
+        try:
+            copied = host.copy_media_file(row, self._root, self.dest)
+            if copied:
+                path = self.dest / name
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    start_writeback(fd)  # the final sync then waits for little
+                finally:
+                    os.close(fd)
+                if self._on_file is not None:
+                    self._on_file(name, path)
+        except OSError as exc:
+            if exc.filename is None:  # a write to an open file does not say which file it was
+                exc.filename = str(self.dest / name)
+            raise
+        with self._lock:
+            if copied:
+                self.copied += 1
+            else:
+                self.skipped += 1

@@ -1,0 +1,107 @@
+"""The entry point (``skyarchive.plugins`` → ``export_batching``): thin glue.
+
+skyarchive calls :func:`create_plugin` with the ``[plugins.export_batching]``
+table and registers what it returns. The factory validates the table, then
+checks the installed skyarchive: its release must be one the plugin is proven
+on (:data:`SUPPORTED`) and every name the plugin takes from it must be there,
+with the shape the plugin expects (:mod:`.host`). Then it returns the hooks
+that fit that host (0.4 hands the hook a progress reporter, 0.3 does not).
+On any other host it returns hooks that step aside: skyarchive's own exporter
+runs, and each export says why in one warning line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from .config import Settings, parse_settings
+
+hookimpl = pluggy.HookimplMarker("skyarchive")
+log = logging.getLogger("export_batching_plugin")
+
+#: The skyarchive releases this plugin is proven on (tox tests each); pyproject.toml declares the same.
+SUPPORTED = ((0, 3), (0, 5))
+SUPPORTED_TEXT = "skyarchive>=0.3,<0.5"
+
+
+def installed_host_version() -> str | None:
+    """The installed skyarchive's version, from its package metadata."""
+    try:
+        return metadata.version("skyarchive")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def host_problem() -> str | None:
+    """Why the plugin must not export with the installed skyarchive, or None when it may."""
+    version = installed_host_version()
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    release = (int(match[1]), int(match[2])) if match else None
+    if release is None or not SUPPORTED[0] <= release < SUPPORTED[1]:
+        return f"skyarchive {version} is not a release this plugin is proven on ({SUPPORTED_TEXT})"
+    try:
+        from . import host
+    except ImportError as exc:
+        return f"skyarchive {version} lacks a name this plugin uses ({exc})"
+    problems = host.contract_problems()
+    if problems:
+        return f"skyarchive {version} differs from what this plugin relies on: {', '.join(problems)}"
+    return None
+
+
+class StepAside:
+    """The hooks on a host the plugin is not proven on: decline every export, saying why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @hookimpl
+    def skyarchive_export(self, job: Any) -> None:
+        """Decline (None): skyarchive's own exporter runs."""
+        log.warning(
+            "export_batching: %s; this export uses skyarchive's own exporter. Install an export-batching-plugin"
+            " release made for this skyarchive, or a skyarchive it supports, to export in batches again.",
+            self.reason,
+        )
+
+
+class ExportBatching:
+    """The hooks for a host whose export hook takes only the job (0.3)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @hookimpl
+    def skyarchive_export(self, job: Any) -> Any:
+        """Export in batches, or decline (None) below the threshold."""
+        from .batched import export_batched
+
+        return export_batched(job, self.settings, job.report_progress)
+
+
+class ExportBatchingWithProgress(ExportBatching):
+    """The hooks for a host that hands the exporter a progress reporter (0.4)."""
+
+    @hookimpl
+    def skyarchive_export(self, job: Any, progress: Any) -> Any:  # type: ignore[override]
+        """Export in batches, or decline (None) below the threshold."""
+        from .batched import export_batched
+
+        return export_batched(job, self.settings, progress.update)
+
+
+def create_plugin(settings: Mapping[str, Any]) -> ExportBatching | StepAside:
+    """Validate the plugin's config table and return the hooks for the installed host."""
+    parsed = parse_settings(settings)
+    problem = host_problem()
+    if problem is not None:
+        return StepAside(problem)
+    from .host import hook_arguments
+
+    return ExportBatchingWithProgress(parsed) if "progress" in hook_arguments() else ExportBatching(parsed)

@@ -1,0 +1,94 @@
+"""Progress, as the user sees it: a console line at least every ``interval`` seconds, start to exit.
+
+Reports go to the host's progress channel (a ``(processed, total)``
+callable), which skyarchive shows as a tqdm bar on a terminal and otherwise as
+plain lines, at most one per 5 s, and always when ``processed`` reaches
+``total``. So:
+
+- **Reading**: the count is reported after every batch; and whenever no report
+  went out for a ``tick`` (a slow batch, a stalled read), the latest count is
+  repeated, so that a console throttled to one line per ``interval`` prints
+  its next line a tick late at most, instead of up to a whole interval late.
+- **Finishing** (every post written; media still being copied, synced, the
+  export published): the channel has had ``(total, total)``, and a console
+  would print every further report, so none is sent; instead, whenever
+  ``interval`` is about to pass without a line, one status line is logged
+  saying what is being done (``export_batching: … syncing 10,210 media files``).
+
+Nothing is reported once the export has stopped (:meth:`ProgressReporter.stop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+Channel = Callable[[int, int], None]
+log = logging.getLogger("export_batching_plugin")
+
+
+class ProgressReporter:
+    """Use as a context manager around the export; :meth:`advance` after each batch, then :meth:`finishing`."""
+
+    def __init__(self, channel: Channel, total: int, *, interval: float) -> None:
+        self._channel = channel
+        self.total = total
+        self.processed = 0
+        self.interval = interval
+        self.tick = min(0.1, interval / 10)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._last = 0.0  # when the channel was last called
+        self._status: Callable[[], str] | None = None  # set in the finishing phase
+        self._thread = threading.Thread(target=self._heartbeat, name="export-progress", daemon=True)
+
+    def __enter__(self) -> ProgressReporter:
+        self._report()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No more reports, from now on."""
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def advance(self, count: int) -> None:
+        """``count`` more posts are written: report."""
+        self.processed += count
+        self._report()
+
+    def finishing(self, status: Callable[[], str]) -> None:
+        """Every post is written; ``status()`` says what the export is doing from now on."""
+        with self._lock:
+            self._status = status
+        if self.total != self.processed:  # the stream ended short of the count: the real total
+            self.total = self.processed
+            self._report()
+
+    def _report(self) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._last = time.monotonic()
+            self._channel(self.processed, self.total)
+
+    def _heartbeat(self) -> None:
+        while not self._stopped.wait(self.tick):
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                now = time.monotonic()
+                if self._status is None:
+                    if now - self._last >= self.tick:
+                        self._last = now
+                        self._channel(self.processed, self.total)
+                elif now - self._last >= self.interval - self.tick:
+                    self._last = now
+                    log.warning("export_batching: %s", self._status())

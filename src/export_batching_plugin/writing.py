@@ -1,0 +1,123 @@
+"""Streaming writers for posts.json and posts.csv.
+
+Each batch of posts is encoded by :mod:`.encoding` (the host's per-post
+encoding, reproduced on plain rows and proven equal); the writers own only
+the framing, which reproduces the host's whole-file output byte for byte:
+
+- JSON: the host writes ``simplejson.dumps(records, indent=2) + "\\n"``. A
+  batch encoded the same way is ``"[\\n" + items + "\\n]"`` with each item
+  indented exactly as in the whole array, so the file is ``"[\\n"``, the
+  batches' items joined by ``",\\n"``, then ``"\\n]\\n"``; no posts: ``"[]\\n"``.
+- CSV: a UTF-8 BOM, the header (``CSV_HEADER``), then the rows, all in the
+  csv module's excel dialect (``\\r\\n`` line ends, minimal quoting).
+
+Both write UTF-8 bytes to a binary file, created exclusively.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from .encoding import Encoders
+from .reading import Batch
+
+#: Write buffer of the posts file: a batch of typical posts is a few hundred KiB.
+_BUFFER = 1 << 20
+#: Receives every piece written, in order (for a checksum), or None.
+Sink = Callable[[Any], None]
+
+
+class PostsWriter:
+    """What both writers share: the file, ending it, syncing it, closing it after a failure."""
+
+    def __init__(self, path: Path, sink: Sink | None = None) -> None:
+        self.path = path
+        self._stream = open(path, "xb", buffering=_BUFFER)  # noqa: SIM115 - closed by close()/abort()
+        self._sink = sink
+
+    def _write(self, data: Any) -> None:
+        with self._naming_the_file():
+            self._stream.write(data)
+        if self._sink is not None:
+            self._sink(data)
+
+    @contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        """An OSError from a buffered write does not say which file it was writing: this one."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = str(self.path)
+            raise
+
+    def write_batch(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """After the last batch: write what closes the file, and flush it."""
+        with self._naming_the_file():
+            self._stream.flush()
+
+    def sync(self) -> None:
+        """Flush the file to disk and close it."""
+        with self._naming_the_file():
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+
+    def abort(self) -> None:
+        """Close after a failure: what is still buffered is dropped, errors are ignored."""
+        with suppress(OSError):
+            self._stream.close()
+
+
+class JsonWriter(PostsWriter):
+    """posts.json, one batch at a time."""
+
+    def __init__(self, path: Path, encoders: Encoders, sink: Sink | None = None) -> None:
+        super().__init__(path, sink)
+        self._encode = encoders.json
+        self._separator = b"[\n"
+
+    def write_batch(self, batch: Batch) -> None:
+        for items in self._encode(batch.rows, batch.sizes):
+            self._write(self._separator)
+            self._write(items)
+            self._separator = b",\n"
+
+    def end(self) -> None:
+        self._write(b"[]\n" if self._separator == b"[\n" else b"\n]\n")
+        super().end()
+
+
+class CsvWriter(PostsWriter):
+    """posts.csv, one batch at a time: each batch formatted in memory, encoded and written at once."""
+
+    def __init__(self, path: Path, encoders: Encoders, sink: Sink | None = None) -> None:
+        super().__init__(path, sink)
+        self._build = encoders.csv
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer)  # the host's dialect: excel
+        self._buffer.write("\ufeff")
+        self._writer.writerow(encoders.csv_header)
+        self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
+        self._write(self._buffer.getvalue().encode("utf-8"))
+        self._buffer.seek(0)
+        self._buffer.truncate()
+
+    def write_batch(self, batch: Batch) -> None:
+        self._writer.writerows(self._build(batch.rows))
+        self._flush_buffer()
+
+
+def open_writer(format: str, path: Path, encoders: Encoders, sink: Sink | None = None) -> PostsWriter:
+    """The streaming writer of ``format`` ("json" or "csv"), creating ``path`` exclusively."""
+    return (JsonWriter if format == "json" else CsvWriter)(path, encoders, sink)

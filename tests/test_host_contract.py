@@ -1,0 +1,199 @@
+"""The fenced host contract: every name the plugin takes from skyarchive is there, as expected, or it steps aside.
+
+And before the fast encoders are trusted, they must equal the host's own
+per-post functions on hostile rows; a host whose per-field helpers changed
+(monkeypatched here, as a new release could change them) gets its own bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skyarchive
+import skyarchive.export
+
+import export_batching_plugin
+from export_batching_plugin import encoding, host, plugin
+
+from .conftest import DID, HOST_VERSION, Archive
+from .harness import export, insert_rows, make_engine, post_row
+
+RELEASE = f"{HOST_VERSION[0]}.{HOST_VERSION[1]}"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def resolve(name: host.Name) -> Any:
+    found: Any = importlib.import_module(name.module)
+    for part in name.name.split("."):
+        found = getattr(found, part)
+    return found
+
+
+@pytest.mark.parametrize("name", host.NAMES, ids=lambda n: f"{n.module}.{n.name}")
+def test_each_name_exists_in_the_releases_that_have_it(name: host.Name) -> None:
+    if RELEASE in name.releases:
+        assert resolve(name) is not None
+    else:
+        with pytest.raises(AttributeError):
+            resolve(name)
+
+
+def test_the_installed_host_meets_the_contract() -> None:
+    assert host.contract_problems() == []
+    assert plugin.host_problem() is None
+    assert host.hook_arguments() == (("job", "progress") if HOST_VERSION >= (0, 4) else ("job",))
+
+
+def test_the_contract_page_lists_the_same_names() -> None:
+    page = (REPOSITORY / "docs" / "host-contract.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(skyarchive[\w.]*)` \| `([\w.]+)` \| (yes|no) \|", page, re.MULTILINE))
+    assert listed == {(n.module, n.name, "yes" if n.documented else "no") for n in host.NAMES}
+
+
+def test_the_package_under_test_is_the_installed_one() -> None:
+    """The tests import the installed wheel, not the work tree (src/ layout)."""
+    location = Path(export_batching_plugin.__file__).resolve()
+    assert "site-packages" in location.parts, location
+    assert REPOSITORY not in location.parents
+
+
+# -- a host the plugin is not proven on: it steps aside, with one warning line per export ----------
+
+
+def host_alone_and_plugin(archive: Archive) -> tuple[Any, Any]:
+    archive.seed(30)
+    host_run = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "host"))
+    archive.enable_plugin(threshold=0)
+    plugin_run = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "plugin"))
+    return host_run, plugin_run
+
+
+def manifest(result: Any) -> dict[str, Any]:
+    return dict(json.loads((result.export_dir / "manifest.json").read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("version", ["0.5.0", "1.0", "0.2.9", None])
+def test_a_host_release_outside_the_range_gets_its_own_exporter(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch, version: str | None
+) -> None:
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: version)
+    host_run, plugin_run = host_alone_and_plugin(archive)
+    assert plugin_run.code == 0, plugin_run.err
+    assert manifest(plugin_run)["exporter"].startswith("skyarchive ")
+    assert (plugin_run.export_dir / "posts.csv").read_bytes() == (host_run.export_dir / "posts.csv").read_bytes()
+    (warning,) = [line for line in plugin_run.err.splitlines() if not line.startswith("export: ")]
+    assert warning == (
+        f"skyarchive: WARNING: export_batching: skyarchive {version} is not a release this plugin is proven on"
+        " (skyarchive>=0.3,<0.5); this export uses skyarchive's own exporter. Install an export-batching-plugin"
+        " release made for this skyarchive, or a skyarchive it supports, to export in batches again."
+    )
+
+
+def test_a_host_missing_a_name_gets_its_own_exporter(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release in range that dropped a helper: the plugin still loads, and steps aside."""
+    monkeypatch.delitem(sys.modules, "export_batching_plugin.host")
+    monkeypatch.delattr(export_batching_plugin, "host")
+    monkeypatch.delattr(skyarchive.export, "write_manifest")
+    problem = plugin.host_problem()
+    assert problem is not None and "lacks a name this plugin uses" in problem and "write_manifest" in problem
+    assert isinstance(plugin.create_plugin({}), plugin.StepAside)
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "replacement", "problem"),
+    [
+        (host, "copy_media_file", lambda media, root: True, "copy_media_file(media, media_root, dest_dir)"),
+        (skyarchive.export, "csv_row", lambda post, labels: [], "csv_row(post)"),
+        (skyarchive.export, "CSV_HEADER", ["URI"], "CSV_HEADER"),
+        (skyarchive.export, "media_hashes", lambda images: [], "media_hashes(embed)"),
+        (host, "posts_table", host.media_table, "the posts table's columns"),
+    ],
+)
+def test_a_host_whose_names_changed_shape_gets_its_own_exporter(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, replacement: Any, problem: str
+) -> None:
+    monkeypatch.setattr(owner, name, replacement)
+    assert host.contract_problems() == [problem]
+    found = plugin.host_problem()
+    assert found is not None and found.endswith(f"differs from what this plugin relies on: {problem}")
+    assert isinstance(plugin.create_plugin({"batch_size": 10}), plugin.StepAside)
+
+
+def test_config_errors_come_first_even_on_an_unsupported_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        plugin.create_plugin({"batch_size": 0})
+
+
+# -- the self-check of the fast encoders -----------------------------------------------------------
+
+
+def changed(name: str, change: Callable[[Any], Any]) -> Callable[..., Any]:
+    original = getattr(skyarchive.export, name)
+
+    @functools.wraps(original)
+    def function(value: Any) -> Any:
+        return change(original(value))
+
+    return function
+
+
+HOST_CHANGES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "media hashes": ("media_hashes", lambda hashes: [h.upper() for h in hashes]),
+    "post record": ("post_record", lambda record: {**record, "has_media": int(record["has_media"])}),
+    "csv row": ("csv_row", lambda row: [*row[:9], row[9].upper(), *row[10:]]),
+    "flags": ("_flag", lambda flag: "yes" if flag == "true" else "no"),
+}
+if HOST_VERSION >= (0, 4):
+    HOST_CHANGES["label rendering"] = ("label_values", lambda values: [v.replace("!", "") for v in values])
+
+
+@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("change", list(HOST_CHANGES))
+def test_a_host_whose_encoding_changed_gets_its_own_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, change: str, format: str
+) -> None:
+    name, how = HOST_CHANGES[change]
+    monkeypatch.setattr(skyarchive.export, name, changed(name, how))
+    engine = make_engine(tmp_path / "a.db")
+    embed = '{"images": [{"fullsize": "https://cdn/img/did:plc:x/bafkreiabc@jpeg"}]}'
+    labels = '[{"val": "!warn"}, {"val": "spam"}]'
+    insert_rows(engine, [post_row(n, embed_data=embed, labels=labels, is_reply=n % 2) for n in range(12)])
+    alone = export(engine, tmp_path / "host", settings=None, format=format)
+    batched = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 5}, format=format)
+    engine.dispose()
+    assert batched.manifest is not None and batched.manifest["exporter"].startswith("export_batching")
+    assert batched.posts_bytes == alone.posts_bytes
+    if encoding.make_encoders().fallback_reason is not None:
+        assert caplog.text.count("encodes posts differently from this plugin's fast encoders") == 1
+
+
+def test_the_self_check_passes_on_the_installed_host_and_covers_every_column() -> None:
+    encoders = encoding.make_encoders()
+    assert encoders.fallback_reason is None
+    rows = encoding.probe_rows()
+    for index, column in enumerate(host.POST_COLUMNS):
+        kinds = {type(row[index]) for row in rows}
+        assert len(kinds) >= 2, f"the probes give {column} only {kinds}"
+
+
+def test_the_self_check_sees_a_one_byte_difference() -> None:
+    per_post = host.per_post()
+    fast = encoding.csv_rows_builder(per_post)
+
+    def off_by_one(rows: Any) -> list[list[Any]]:
+        built = fast(rows)
+        if rows and rows[0][3] == "  spaced  ":
+            built[0][3] = " spaced  "
+        return built
+
+    reason = encoding.self_check(per_post, encoding.json_batch_encoder(per_post), off_by_one)
+    assert reason is not None and reason.startswith("posts.csv differs on the self-check's row")

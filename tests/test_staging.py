@@ -1,0 +1,284 @@
+"""Staging ownership: a lock, not a PID. Only a dead export's staging is removed, and only what was removed is said.
+
+Containers that share an exports volume see each other's files but not each
+other's processes (PID namespaces); these tests run exports in their own PID
+namespaces (``unshare``, as root; CI runs as root) to check that a live export
+is never disturbed and that a killed one's leftovers are removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from skyarchive.models import media_table, posts_table
+from skyarchive.seed import DEFAULT_DID, seed_archive
+
+from export_batching_plugin import staging
+
+from .conftest import Archive
+from .harness import export, insert_rows, make_engine, post_row
+
+SETTINGS = {"threshold": 0, "batch_size": 10}
+FOLDER = DEFAULT_DID.replace(":", "_")
+LOCK_AND_WAIT = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"  # noqa: E501
+
+
+def stale_name(second: int, token: str) -> str:
+    return f".2025-01-01_00-00-{second:02d}.staging-{token}"
+
+
+def test_only_unlocked_staging_directories_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(12)])
+    first = export(engine, tmp_path, settings=SETTINGS, folder="shared")
+    assert first.result is not None
+    folder = first.result.export_dir.parent
+    stale = folder / stale_name(0, "0" * 16)
+    (stale / "media").mkdir(parents=True)
+    (stale / "posts.json").write_text("[\n", encoding="utf-8")
+    live = folder / stale_name(1, "1" * 16)
+    live.mkdir()
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "file").write_text("keep", encoding="utf-8")
+    link = folder / stale_name(2, "2" * 16)
+    link.symlink_to(tmp_path / "keep", target_is_directory=True)
+    odd = [folder / ".notes.staging-1", folder / stale_name(3, "abc"), folder / stale_name(4, "g" * 16)]
+    for path in odd:
+        path.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_WAIT, str(live)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+            second = export(engine, tmp_path, settings=SETTINGS, folder="shared")
+        assert second.error is None and second.result is not None
+        assert not stale.exists()
+        assert live.is_dir() and link.is_symlink() and all(path.is_dir() for path in odd)
+        assert (tmp_path / "keep" / "file").read_text(encoding="utf-8") == "keep"
+        assert first.result.export_dir.is_dir()
+        assert caplog.text.count("removed ") == 1 and f"removed {stale}," in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+    engine.dispose()
+
+
+def test_a_failed_removal_is_not_reported_as_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "did"
+    stale = folder / stale_name(0, "0" * 16)
+    (stale / "sub").mkdir(parents=True)
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(staging.shutil, "rmtree", refuse)
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        assert staging.remove_stale_staging(folder) == []
+    assert stale.is_dir()
+    assert f"could not remove {stale}" in caplog.text and "Permission denied" in caplog.text
+    assert "export_batching: removed" not in caplog.text
+
+
+# -- real mounts and PID namespaces (root) ---------------------------------------------------------
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command), capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "exports" / FOLDER
+    folder.mkdir(parents=True)
+    (folder / stale_name(0, "0" * 16) / "media").mkdir(parents=True)
+    bound = _run("mount", "--bind", str(folder), str(folder))
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({bound.stderr.strip()}); the monkeypatched test covers the logic")
+    try:
+        remounted = _run("mount", "-o", "remount,bind,ro", str(folder))
+        assert remounted.returncode == 0, remounted.stderr
+        yield folder
+    finally:
+        _run("umount", str(folder))
+
+
+def test_a_read_only_exports_folder(archive: Archive, read_only_folder: Path) -> None:
+    archive.seed(30)
+    archive.enable_plugin(threshold=0)
+    result = archive.cli("export", "--did", DEFAULT_DID, "--format", "json", "--out", str(read_only_folder.parent))
+    assert result.code == 1
+    stale = read_only_folder / stale_name(0, "0" * 16)
+    warnings = [line for line in result.err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"could not remove {stale}, left by" in warnings[0], warnings
+    assert "Read-only file system" in warnings[0] and "removed" not in warnings[0].replace("could not remove", "")
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith("skyarchive: error: creating the staging directory failed: Read-only file system"), last
+    assert stale.is_dir()
+
+
+def _unshare_works() -> str | None:
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    probe = _run("unshare", "--pid", "--fork", "--mount-proc", "true")
+    return None if probe.returncode == 0 else f"unshare --pid fails here ({probe.stderr.strip()}); needs root"
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> None:
+    reason = _unshare_works()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PID namespaces are required under CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> Iterator[Path]:
+    """``slow.db``: 50 posts, one media file that is a FIFO (slow storage: the export waits on it until
+    :func:`feed` writes to it); ``small.db``: 50 posts of the same owner. And the config, plugin on."""
+    root = tmp_path / "archives"
+    (root / "media").mkdir(parents=True)
+    for name in ("slow", "small"):
+        engine = make_engine(root / f"{name}.db")
+        seed_archive(engine, posts_table, media_table, posts=50, media_every=0, media_dir=root / "media")
+        if name == "slow":
+            with engine.begin() as conn:
+                uri = conn.execute(posts_table.select().limit(1)).first()[0]  # type: ignore[index]
+                conn.execute(media_table.insert(), [{"hash": "slow", "post_uri": uri, "mime_type": "image/jpeg",
+                    "file_path": "slow.jpg", "size_bytes": 4, "created_at": "2025-01-01T00:00:00.000Z"}])  # fmt: skip
+        engine.dispose()
+    os.mkfifo(root / "media" / "slow.jpg")
+    (root / "skyarchive.toml").write_text(
+        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\n', encoding="utf-8"
+    )
+    yield root
+    feed(root, timeout=0)  # unblock an export a failed test left waiting
+
+
+def feed(root: Path, *, timeout: float = 30) -> None:
+    """Write the slow media file (the FIFO), once a reader has opened it."""
+    try:
+        fd = os.open(root / "media" / "slow.jpg", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader (yet)
+        if timeout <= 0:
+            return
+        time.sleep(0.05)
+        return feed(root, timeout=timeout - 0.05)
+    with os.fdopen(fd, "wb") as fifo:
+        fifo.write(b"jpeg")
+
+
+def wait_until_unlocked(path: Path, timeout: float = 10) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{path} is still locked")
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def export_command(root: Path, db: str, out: Path, *, namespace: bool) -> list[str]:
+    command = [
+        sys.executable, "-m", "skyarchive", "--db", f"sqlite:///{root / db}", "export", "--did", DEFAULT_DID,
+        "--format", "json", "--out", str(out), *(["--media"] if db == "slow.db" else []),
+    ]  # fmt: skip
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command] if namespace else command
+
+
+def wait_for_staging(folder: Path, timeout: float = 30) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(folder.glob(".*.staging-*")) if folder.is_dir() else []
+        if found:
+            return found
+        time.sleep(0.02)
+    pytest.fail(f"no staging directory appeared in {folder}")
+
+
+@pytest.mark.usefixtures("namespaces")
+@pytest.mark.parametrize("which", ["the running one", "the newcomer"])
+def test_exports_from_two_pid_namespaces_into_one_folder_both_complete(
+    archives: Path, tmp_path: Path, which: str
+) -> None:
+    """A running export's staging directory survives an export started in another PID namespace."""
+    out = tmp_path / "exports"
+    running = subprocess.Popen(
+        export_command(archives, "slow.db", out, namespace=which == "the running one"),
+        cwd=archives, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        (live,) = wait_for_staging(out / FOLDER)
+        time.sleep(1.1)  # export directories are named by the second
+        newcomer = subprocess.run(
+            export_command(archives, "small.db", out, namespace=which == "the newcomer"),
+            cwd=archives, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert newcomer.returncode == 0, newcomer.stderr
+        assert running.poll() is None, "the running export should still be waiting on its slow media file"
+        assert live.is_dir(), "the newcomer removed a running export's staging directory"
+        assert "removed" not in newcomer.stderr
+        feed(archives)
+        stdout, stderr = running.communicate(timeout=120)
+    finally:
+        running.kill()
+        running.wait()
+    assert running.returncode == 0, stderr
+    exports = sorted(p for p in (out / FOLDER).iterdir() if not p.name.startswith("."))
+    assert len(exports) == 2 and [p for p in (out / FOLDER).iterdir() if p.name.startswith(".")] == []
+    assert Path(stdout.strip().splitlines()[-1]) in exports
+    assert (Path(stdout.strip().splitlines()[-1]) / "media" / "slow.jpg").read_bytes() == b"jpeg"
+
+
+@pytest.mark.usefixtures("namespaces")
+def test_a_killed_pid_1_export_leaves_staging_that_the_next_export_removes(archives: Path, tmp_path: Path) -> None:
+    """An export that ran as PID 1 of its namespace and was killed: "PID 1 is alive" must not keep its leftovers."""
+    out = tmp_path / "exports"
+    killed = subprocess.Popen(export_command(archives, "slow.db", out, namespace=True), cwd=archives)
+    (left,) = wait_for_staging(out / FOLDER)
+    time.sleep(0.5)  # well into the export: waiting on the slow media file
+    killed.kill()  # SIGKILL to unshare; --kill-child takes the export (PID 1 inside) with it
+    killed.wait()
+    assert left.is_dir(), "a killed export cannot clean up after itself"
+    wait_until_unlocked(left)  # the killed process is gone once its lock is
+    time.sleep(1.1)
+    following = subprocess.run(
+        export_command(archives, "small.db", out, namespace=False),
+        cwd=archives, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert following.returncode == 0, following.stderr
+    assert not left.exists()
+    assert f"removed {left}, left by an export that did not finish" in following.stderr
+
+
+@pytest.mark.parametrize("did", ["../../outside", "did:plc:a/../../b", "..", "did:web:x/y"])
+@pytest.mark.parametrize("threshold", [0, 1000])
+def test_a_did_that_would_leave_the_exports_folder_is_refused(archive: Archive, did: str, threshold: int) -> None:
+    archive.seed(20)
+    archive.enable_plugin(threshold=threshold)
+    out = archive.root / "a" / "b" / "exports"
+    out.mkdir(parents=True)
+    before = sorted(archive.root.rglob("*"))
+    result = archive.cli("export", "--did", did, "--format", "json", "--out", str(out))
+    assert result.code == 2
+    assert result.error_line == (
+        f"skyarchive: error: --did {did!r} cannot name a folder inside the exports folder; nothing was exported"
+    )
+    assert sorted(archive.root.rglob("*")) == before
