@@ -1,24 +1,16 @@
-"""The chart: wall time (log-log) and peak RSS against archive size; matplotlib is optional."""
+"""The chart (matplotlib is optional): median wall time and peak RSS against archive size, log-log, one line
+per backend, contender and format; the media case (one size) is in the tables only."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from .contenders import CONTENDERS
-from .report import Measurement, medians
+from .report import Measurement, build_rows
 
 COLOURS = {"host": "tab:red", "plugin": "tab:blue", "sqlite-utils": "tab:green", "sqlite3": "tab:gray"}
-LINESTYLES = {"json": "-", "csv": "--"}
-
-
-def series(measurements: Sequence[Measurement]) -> dict[tuple[str, str], list[tuple[int, float, float]]]:
-    """``{(contender, format): [(size, median wall s, median peak RSS MB), ...]}``, sizes ascending."""
-    points: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
-    for (contender, size, fmt), (wall, rss) in sorted(medians(measurements).items()):
-        points.setdefault((contender, fmt), []).append((size, wall, rss))
-    order = {name: index for index, name in enumerate(CONTENDERS)}
-    return dict(sorted(points.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0][1])))
+COLOURS |= {"psql-copy": "tab:purple", "psql-json": "tab:purple"}
+LINESTYLES, MARKERS = {"json": "-", "csv": "--"}, {"sqlite": "o", "postgresql": "s"}
 
 
 def size_label(size: int) -> str:
@@ -38,24 +30,28 @@ def render_chart(measurements: Sequence[Measurement], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed"
-    lines = series(measurements)
+    lines: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+    for row in (row for row in build_rows(measurements) if not row.media):
+        for contender, seconds in row.seconds.items():
+            lines.setdefault((row.backend, contender, row.format), []).append(
+                (row.size, seconds, row.megabytes[contender])
+            )
     if not lines:
         return "nothing was measured"
-    fig, (time_ax, rss_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for (contender, fmt), points in lines.items():
-        sizes = [p[0] for p in points]
-        style = {"color": COLOURS.get(contender), "linestyle": LINESTYLES.get(fmt, ":"), "marker": "o"}
-        time_ax.plot(sizes, [p[1] for p in points], label=f"{contender} {fmt}", **style)
-        rss_ax.plot(sizes, [p[2] for p in points], label=f"{contender} {fmt}", **style)
+    fig, (time_ax, rss_ax) = plt.subplots(1, 2, figsize=(13, 5.2))
+    for (backend, contender, fmt), points in lines.items():
+        style = {"color": COLOURS.get(contender), "linestyle": LINESTYLES[fmt], "marker": MARKERS[backend]}
+        label = f"{contender} {fmt}" + (" (PG)" if backend == "postgresql" else "")
+        time_ax.plot([p[0] for p in points], [p[1] for p in points], label=label, **style)
+        rss_ax.plot([p[0] for p in points], [p[2] for p in points], label=label, **style)
     time_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="wall time (s)")
     time_ax.set_title("Export wall time")
     rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB, log scale)")
-    rss_ax.set_ylim(bottom=0)
-    rss_ax.set_title("Peak RSS of the export process")
-    sizes_measured = sorted({p[0] for points in lines.values() for p in points})
+    rss_ax.set_title("Peak RSS of the export process (PG: client only)")
+    sizes = sorted({p[0] for points in lines.values() for p in points})
     for ax in (time_ax, rss_ax):
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_xticks(sizes_measured, [size_label(s) for s in sizes_measured])
+        ax.set_xticks(sizes, [size_label(s) for s in sizes])
         ax.minorticks_off()
     rss_ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()

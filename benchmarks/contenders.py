@@ -1,72 +1,86 @@
-"""The contenders and the exact command each one runs (pure functions, no I/O)."""
+"""The backends, the cases and the contenders, as data; the exact command each contender runs (no I/O)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 #: skyarchive.seed.DEFAULT_DID (kept here so that this module needs no host to import).
 DEFAULT_DID = "did:plc:q6gjnaw2blty4crticxkmujt"
 FORMATS = ("json", "csv")
-HOST, PLUGIN, SQLITE_UTILS, SQLITE3 = "host", "plugin", "sqlite-utils", "sqlite3"
-CONTENDERS = (HOST, PLUGIN, SQLITE_UTILS, SQLITE3)
-SKYARCHIVE_CONTENDERS = (HOST, PLUGIN)
-#: What the manifest's "exporter" key starts with when the intended path ran.
-EXPECTED_EXPORTER = {HOST: "skyarchive", PLUGIN: "export_batching"}
-#: The config file of each skyarchive contender: the host alone, or the plugin for every export.
-CONFIG_TEXT = {
-    HOST: "",
-    PLUGIN: '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\n',
-}
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
+BACKENDS = (SQLITE, POSTGRESQL)
+BACKEND_TITLES = {SQLITE: "SQLite", POSTGRESQL: "PostgreSQL"}
+#: The sizes of each backend when --sizes is not given (--million adds 1,000,000 to each).
+DEFAULT_SIZES = {SQLITE: (500, 5_000, 50_000, 100_000), POSTGRESQL: (100_000,)}
+MILLION = 1_000_000
+#: The media case: every post has images (``seed --media-every 1``) and the exports copy them (``--media``).
+MEDIA_EVERY = 1
+DEFAULT_MEDIA_POSTS = 6_000
 
 
 @dataclass(frozen=True)
-class Tools:
-    """The executables the contenders run; None where a peer is not installed."""
+class Case:
+    """One archive: a backend, a size, and whether its posts have media files that the exports copy."""
 
-    python: str
-    sqlite_utils: str | None
-    sqlite3: str | None
-
-
-def find_tools(*, python: str = sys.executable) -> Tools:
-    """Locate the peers: ``sqlite-utils`` next to ``python`` (an unactivated venv) or on PATH, ``sqlite3`` on PATH."""
-    beside = Path(python).parent / "sqlite-utils"
-    sqlite_utils = str(beside) if beside.is_file() else shutil.which("sqlite-utils")
-    return Tools(python=python, sqlite_utils=sqlite_utils, sqlite3=shutil.which("sqlite3"))
+    backend: str
+    size: int
+    media: bool = False
 
 
-def supports(contender: str, fmt: str) -> bool:
-    """Whether ``contender`` takes part for ``fmt``: the sqlite3 CLI is measured for JSON only (the floor)."""
-    return contender != SQLITE3 or fmt == "json"
+@dataclass(frozen=True)
+class Archive:
+    """A seeded archive: the URL skyarchive opens, what the peers open (a file or a libpq URI), its media folder."""
+
+    case: Case
+    url: str
+    location: str
+    media_dir: Path
 
 
-def missing_tool(contender: str, tools: Tools) -> str | None:
-    """Why ``contender`` cannot run with ``tools``, or None when it can."""
-    if contender == SQLITE_UTILS and tools.sqlite_utils is None:
-        return "sqlite-utils executable not found"
-    if contender == SQLITE3 and tools.sqlite3 is None:
-        return "sqlite3 executable not found"
-    return None
+@dataclass(frozen=True)
+class Job:
+    """One export: the archive, the format, the DID; where skyarchive writes the export and finds its config."""
+
+    archive: Archive
+    fmt: str
+    did: str
+    out_dir: Path
+    config: Path
+
+    @property
+    def sql(self) -> str:
+        """The peers' query."""
+        return select_sql(self.did)
 
 
-def select_contenders(requested: Sequence[str], tools: Tools) -> tuple[list[str], dict[str, str]]:
-    """Split ``requested`` into those that can run and ``{name: reason}`` for those skipped."""
-    unknown = [name for name in requested if name not in CONTENDERS]
-    if unknown:
-        raise ValueError(f"unknown contender(s): {', '.join(unknown)} (choose from {', '.join(CONTENDERS)})")
-    kept: list[str] = []
-    skipped: dict[str, str] = {}
-    for name in dict.fromkeys(requested):
-        reason = missing_tool(name, tools)
-        if reason is None:
-            kept.append(name)
-        else:
-            skipped[name] = reason
-    return kept, skipped
+Command = Callable[[str, Job], list[str]]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One way of exporting; ``command(tool as found, job)`` is its argv.
+
+    One with a ``config`` is skyarchive, run with that text after ``media_dir`` in its config file: it
+    copies media in the media case, and its manifest's exporter must start with ``exporter``. Any other
+    writes the posts to its stdout.
+    """
+
+    name: str
+    backends: tuple[str, ...]
+    formats: tuple[str, ...]
+    command: Command
+    tool: str = "python"  # the executable, found by find_tool
+    config: str | None = None
+    exporter: str | None = None
+
+    def takes_part(self, case: Case, fmt: str) -> bool:
+        """Whether it runs on ``case`` in ``fmt`` (only skyarchive copies media)."""
+        return case.backend in self.backends and fmt in self.formats and (self.config is not None or not case.media)
 
 
 def sql_literal(text: str) -> str:
@@ -74,33 +88,64 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+ORDER = "ORDER BY created_at DESC, uri ASC"
+JSON_AGG = f"SELECT json_agg(p {ORDER}) FROM posts p WHERE did = {{}}"
+
+
 def select_sql(did: str) -> str:
     """The query the peers run: the same rows, in the same order, as the exporters select."""
-    return f"SELECT * FROM posts WHERE did = {sql_literal(did)} ORDER BY created_at DESC, uri ASC"
+    return f"SELECT * FROM posts WHERE did = {sql_literal(did)} {ORDER}"
 
 
-def build_command(
-    contender: str, *, tools: Tools, db: Path, fmt: str, did: str, out_dir: Path, config_dir: Path
-) -> list[str]:
-    """The argv of one export. skyarchive contenders write under ``out_dir``; the peers write to stdout."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
-    if contender in SKYARCHIVE_CONTENDERS:
-        config = config_dir / f"{contender}.toml"
-        return [
-            tools.python, "-m", "skyarchive", "--config", str(config), "--db", f"sqlite:///{db}",
-            "export", "--did", did, "--format", fmt, "--out", str(out_dir),
-        ]  # fmt: skip
-    if contender == SQLITE_UTILS and tools.sqlite_utils is not None:
-        return [tools.sqlite_utils, "query", str(db), select_sql(did), *(["--csv"] if fmt == "csv" else [])]
-    if contender == SQLITE3 and tools.sqlite3 is not None and fmt == "json":
-        return [tools.sqlite3, "-json", str(db), select_sql(did)]
-    raise ValueError(f"contender {contender!r} cannot export {fmt} with {tools}")
+def plugin_config(**settings: object) -> str:
+    """The config that turns the plugin on with ``settings`` as its ``[plugins.export_batching]`` table."""
+    table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{table}'
 
 
-def seed_command(*, tools: Tools, db: Path, config: Path, posts: int, did: str) -> list[str]:
-    """The argv that seeds an archive of ``posts`` posts without media files."""
+def config_text(contender: Contender, media_dir: Path) -> str:
+    """The whole config file of a skyarchive contender: the archive's media folder, then its own part."""
+    return f"media_dir = {json.dumps(str(media_dir))}\n{contender.config or ''}"
+
+
+def skyarchive(python: str, job: Job) -> list[str]:
+    """``skyarchive export`` into ``job.out_dir`` (with ``--media`` on the media case)."""
+    media = ["--media"] if job.archive.case.media else []
     return [
-        tools.python, "-m", "skyarchive", "--config", str(config), "--db", f"sqlite:///{db}",
-        "seed", "--posts", str(posts), "--did", did, "--media-every", "0",
+        python, "-m", "skyarchive", "--config", str(job.config), "--db", job.archive.url, "export",
+        "--did", job.did, "--format", job.fmt, "--out", str(job.out_dir), *media,
     ]  # fmt: skip
+
+
+def psql(exe: str, job: Job, *args: str) -> list[str]:
+    """``psql`` on the archive, stopping at the first error, with ``args``."""
+    return [exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", job.archive.location, *args]
+
+
+CONTENDERS = (
+    # skyarchive alone (the host's in-memory exporter), then with the plugin on for every size.
+    Contender("host", BACKENDS, FORMATS, skyarchive, config="", exporter="skyarchive"),
+    Contender("plugin", BACKENDS, FORMATS, skyarchive, config=plugin_config(threshold=0), exporter="export_batching"),
+    # A variant is one more entry (and a Ratio in report.RATIOS to compare it), e.g. once the plugin knows
+    # the key (today it refuses unknown keys):
+    # Contender("plugin-checksums", BACKENDS, FORMATS, skyarchive,
+    #           config=plugin_config(threshold=0, checksums=True), exporter="export_batching"),
+    # The peers and floors: the same rows in the same order, to stdout.
+    Contender("sqlite-utils", (SQLITE,), FORMATS, tool="sqlite-utils",
+              command=lambda exe, job: [exe, "query", job.archive.location, job.sql, *["--csv"] * (job.fmt == "csv")]),
+    Contender("sqlite3", (SQLITE,), ("json",), tool="sqlite3",
+              command=lambda exe, job: [exe, "-json", job.archive.location, job.sql]),
+    Contender("psql-copy", (POSTGRESQL,), ("csv",), tool="psql",
+              command=lambda exe, job: psql(exe, job, "-c", f"\\copy ({job.sql}) TO STDOUT WITH CSV HEADER")),
+    Contender("psql-json", (POSTGRESQL,), ("json",), tool="psql",
+              command=lambda exe, job: psql(exe, job, "-A", "-t", "-c", JSON_AGG.format(sql_literal(job.did)))),
+)  # fmt: skip
+BY_NAME = {c.name: c for c in CONTENDERS}
+
+
+def find_tool(tool: str, *, python: str = sys.executable) -> str | None:
+    """``python`` itself, or the executable next to it (an unactivated venv), or on PATH; None if absent."""
+    if tool == "python":
+        return python
+    beside = Path(python).parent / tool
+    return str(beside) if beside.is_file() else shutil.which(tool)

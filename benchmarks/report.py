@@ -1,28 +1,34 @@
-"""From raw measurements to table rows, derived figures and Markdown (pure functions, no I/O)."""
+"""From raw measurements to tables, derived figures and Markdown (pure functions, no I/O).
+
+Every backend and case goes through the same machinery: the measurements fall into tables, one per
+(backend, media case or not, format); a table has a row per archive size, a pair of columns (median s,
+median MB) per contender measured in it, and a column per ratio of RATIOS that applies to it and has values.
+"""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .contenders import HOST, PLUGIN, SQLITE3, SQLITE_UTILS
+from .contenders import BACKEND_TITLES, BACKENDS, BY_NAME, FORMATS, POSTGRESQL, SQLITE
 
-MB = 1024 * 1024
 DASH = "—"
-#: The reference sizes of the derived figures, when present among the sizes measured.
-SCALING_REFERENCE = 50_000
-RSS_REFERENCE = 10_000
-RSS_REFERENCE_MIN = 5_000
+#: The reference sizes of the derived figures (time per post, RSS) when measured; else the smallest of 5,000 or more.
+SCALING_REFERENCE, RSS_REFERENCE, REFERENCE_MIN = 50_000, 10_000, 5_000
+Table = tuple[str, bool, str]  # (backend, media case, format)
+Key = tuple[str, bool, str, int, str]  # (backend, media case, format, size, contender)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One run of one contender on one archive size and format."""
+    """One run of one contender on one archive (backend, size, media case) and format."""
 
     contender: str
+    backend: str
     size: int
+    media: bool
     format: str
     repeat: int
     wall_s: float
@@ -32,265 +38,213 @@ class Measurement:
     floor_mb: float
     outer_wall_s: float
     output_bytes: int
-    sha256: str | None = None
-    exporter: str | None = None
+    sha256: str
+    exporter: str | None = None  # skyarchive contenders: the manifest's, checked
+    media_digest: str | None = None  # the media case: see run.folder_digest
+    media_files: int | None = None
+
+    @property
+    def table(self) -> Table:
+        """The table this run belongs to."""
+        return self.backend, self.media, self.format
 
     @property
     def posts_per_s(self) -> float:
         """Posts exported per second of wall time."""
         return self.size / self.wall_s if self.wall_s > 0 else float("inf")
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, with ``posts_per_s`` added."""
-        return {**self.__dict__, "posts_per_s": self.posts_per_s}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
-        """The inverse of ``to_dict`` (extra keys are ignored)."""
-        names = cls.__dataclass_fields__
-        return cls(**{key: value for key, value in data.items() if key in names})
+@dataclass(frozen=True)
+class Ratio:
+    """A column: the median time of ``num`` over that of ``den``, measured on ``den_backend`` or the table's."""
+
+    num: str
+    den: str
+    backends: tuple[str, ...]
+    formats: tuple[str, ...]
+    target: float | None = None
+    den_backend: str | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """The column's name."""
+        return self.label or f"{self.num}/{self.den}"
+
+
+#: The comparisons of the report; the targets are for large archives (start-up dominates small ones).
+RATIOS = (
+    Ratio("plugin", "host", BACKENDS, FORMATS),
+    Ratio("plugin", "sqlite3", (SQLITE,), ("json",), target=2.0),
+    Ratio("plugin", "sqlite-utils", (SQLITE,), ("csv",), target=0.8),
+    Ratio("plugin", "psql-json", (POSTGRESQL,), ("json",)),
+    Ratio("plugin", "psql-copy", (POSTGRESQL,), ("csv",), target=2.0),
+    Ratio("plugin", "plugin", (POSTGRESQL,), ("json",), target=1.1, den_backend=SQLITE, label="plugin PG/SQLite"),
+)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One table row: the medians of the repeats for one size and format."""
+    """One table row: for one archive size, each contender's medians, the ratios and the output check."""
 
+    backend: str
+    media: bool
     format: str
     size: int
-    host_s: float | None
-    host_mb: float | None
-    plugin_s: float | None
-    plugin_mb: float | None
-    plugin_posts_per_s: float | None
-    plugin_host_ratio: float | None
-    sqlite_utils_s: float | None
-    sqlite_utils_mb: float | None
-    sqlite3_s: float | None
-    sqlite3_mb: float | None
-    plugin_sqlite3_ratio: float | None
-    identical: bool | None
+    seconds: dict[str, float]
+    megabytes: dict[str, float]
+    ratios: dict[str, float | None]
+    identical: bool | None  # every skyarchive contender wrote the same bytes (None: fewer than two ran)
+    media_files: int | None
+
+    @property
+    def table(self) -> Table:
+        """The table this row belongs to."""
+        return self.backend, self.media, self.format
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """Time per post at ``largest`` over time per post at ``reference``, for one contender and format."""
+class Figure:
+    """A derived figure of one table: a ratio, or a difference in MB; maybe against a target (≤)."""
 
-    format: str
-    contender: str
-    reference: int
-    largest: int
-    ratio: float
+    table: str
+    what: str
+    value: float
+    unit: str = "x"
+    target: float | None = None
 
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met (None without one)."""
+        return None if self.target is None else self.value <= self.target
 
-@dataclass(frozen=True)
-class RssSpread:
-    """The plugin's peak RSS at ``largest`` minus at ``reference``, for one format."""
-
-    format: str
-    reference: int
-    largest: int
-    spread_mb: float
-
-
-@dataclass(frozen=True)
-class Meta:
-    """How, where and when the benchmark ran."""
-
-    command: str
-    date: str
-    python: str
-    platform: str
-    cpu_count: int | None
-    host_version: str | None
-    plugin_version: str | None
-    sqlite3_version: str | None
-    sqlite_utils_version: str | None
-    sizes: list[int]
-    formats: list[str]
-    repeat: int
-    contenders: list[str]
-    skipped: dict[str, str] = field(default_factory=dict)
+    def line(self) -> str:
+        """A Markdown bullet."""
+        value = f"{self.value:+.1f} MB" if self.unit == "MB" else f"{self.value:.2f}x"
+        target = "" if self.target is None else f" (target ≤ {self.target:g}x: {'met' if self.met else '**missed**'})"
+        return f"- {self.table}, {self.what}: {value}{target}"
 
 
-Key = tuple[str, int, str]
+def contender_order(name: str) -> int:
+    """The position of ``name`` in CONTENDERS (unknown names last)."""
+    return list(BY_NAME).index(name) if name in BY_NAME else len(BY_NAME)
 
 
-def medians(measurements: Iterable[Measurement]) -> dict[Key, tuple[float, float]]:
-    """``{(contender, size, format): (median wall s, median peak RSS MB)}`` over the repeats."""
-    walls: dict[Key, list[float]] = {}
-    rss: dict[Key, list[float]] = {}
-    for m in measurements:
-        key = (m.contender, m.size, m.format)
-        walls.setdefault(key, []).append(m.wall_s)
-        rss.setdefault(key, []).append(m.rss_mb)
-    return {key: (statistics.median(walls[key]), statistics.median(rss[key])) for key in walls}
+def table_order(table: Table) -> tuple[int, bool, int]:
+    """SQLite before PostgreSQL, plain before media, JSON before CSV."""
+    backend, media, fmt = table
+    return (BACKENDS.index(backend) if backend in BACKENDS else 9, media, FORMATS.index(fmt) if fmt in FORMATS else 9)
 
 
-def identical_outputs(measurements: Iterable[Measurement], *, size: int, fmt: str) -> bool | None:
-    """Whether every plugin posts file of ``size``/``fmt`` has the same sha256 as every host one (None: no pair)."""
-    hashes: dict[str, set[str | None]] = {HOST: set(), PLUGIN: set()}
-    for m in measurements:
-        if m.size == size and m.format == fmt and m.contender in hashes:
-            hashes[m.contender].add(m.sha256)
-    if not hashes[HOST] or not hashes[PLUGIN]:
-        return None
-    union = hashes[HOST] | hashes[PLUGIN]
-    return len(union) == 1 and None not in union
+def table_title(table: Table) -> str:
+    """``SQLite, JSON``; ``SQLite with media, CSV``; ``PostgreSQL`` (no format)."""
+    backend, media, fmt = table
+    return BACKEND_TITLES.get(backend, backend) + (" with media" if media else "") + (f", {fmt.upper()}" if fmt else "")
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or denominator <= 0:
-        return None
-    return numerator / denominator
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing (or the denominator is not positive)."""
+    return None if numerator is None or denominator is None or denominator <= 0 else numerator / denominator
 
 
 def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
-    """One row per (format, size) measured, formats in first-seen order, sizes ascending."""
-    table = medians(measurements)
-    formats = list(dict.fromkeys(m.format for m in measurements))
+    """One row per (table, size) measured, with the medians over the repeats: tables in table_order, sizes
+    ascending, contenders in CONTENDERS order."""
+    runs: dict[Key, list[Measurement]] = {}
+    for m in sorted(measurements, key=lambda m: (table_order(m.table), m.size, contender_order(m.contender))):
+        runs.setdefault((*m.table, m.size, m.contender), []).append(m)
+    seconds = {key: statistics.median(m.wall_s for m in ms) for key, ms in runs.items()}
     rows: list[Row] = []
-    for fmt in formats:
-        for size in sorted({m.size for m in measurements if m.format == fmt}):
-
-            def get(contender: str, index: int, size: int = size, fmt: str = fmt) -> float | None:
-                value = table.get((contender, size, fmt))
-                return None if value is None else value[index]
-
-            plugin_s = get(PLUGIN, 0)
-            rows.append(
-                Row(
-                    format=fmt,
-                    size=size,
-                    host_s=get(HOST, 0),
-                    host_mb=get(HOST, 1),
-                    plugin_s=plugin_s,
-                    plugin_mb=get(PLUGIN, 1),
-                    plugin_posts_per_s=_ratio(size, plugin_s),
-                    plugin_host_ratio=_ratio(plugin_s, get(HOST, 0)),
-                    sqlite_utils_s=get(SQLITE_UTILS, 0),
-                    sqlite_utils_mb=get(SQLITE_UTILS, 1),
-                    sqlite3_s=get(SQLITE3, 0),
-                    sqlite3_mb=get(SQLITE3, 1),
-                    plugin_sqlite3_ratio=_ratio(plugin_s, get(SQLITE3, 0)),
-                    identical=identical_outputs(measurements, size=size, fmt=fmt),
-                )
-            )
+    for backend, media, fmt, size in dict.fromkeys(key[:4] for key in runs):
+        here = {key[4]: ms for key, ms in runs.items() if key[:4] == (backend, media, fmt, size)}
+        skyarchive = [m for ms in here.values() for m in ms if m.exporter]  # only skyarchive contenders have one
+        outputs, writers = {(m.sha256, m.media_digest) for m in skyarchive}, {m.contender for m in skyarchive}
+        rows.append(Row(
+            backend, media, fmt, size, seconds={c: seconds[(backend, media, fmt, size, c)] for c in here},
+            megabytes={c: statistics.median(m.rss_mb for m in ms) for c, ms in here.items()},
+            ratios={r.name: ratio(seconds.get((backend, media, fmt, size, r.num)),
+                                  seconds.get((r.den_backend or backend, media, fmt, size, r.den)))
+                    for r in RATIOS if backend in r.backends and fmt in r.formats},
+            identical=len(outputs) == 1 if len(writers) > 1 else None,
+            media_files=max((m.media_files or 0 for m in skyarchive), default=0) or None,
+        ))  # fmt: skip
     return rows
 
 
-def scaling_reference(sizes: Iterable[int]) -> tuple[int, int] | None:
-    """``(reference, largest)``: 50k if measured (and not the largest), else the second-largest size."""
+def reference(sizes: Iterable[int], preferred: int) -> tuple[int, int] | None:
+    """``(reference, largest)``: ``preferred`` if measured, else the smallest size of at least 5,000; None if no
+    such size is below the largest."""
     ordered = sorted(set(sizes))
-    if len(ordered) < 2:
-        return None
-    largest = ordered[-1]
-    reference = SCALING_REFERENCE if SCALING_REFERENCE in ordered[:-1] else ordered[-2]
-    return reference, largest
+    below = [s for s in ordered[:-1] if s == preferred] or [s for s in ordered[:-1] if s >= REFERENCE_MIN]
+    return (below[0], ordered[-1]) if below else None
 
 
-def rss_reference(sizes: Iterable[int]) -> tuple[int, int] | None:
-    """``(reference, largest)``: 10k if measured, else the smallest size of at least 5k; None if that is the largest."""
-    ordered = sorted(set(sizes))
-    if not ordered:
-        return None
-    candidates = [RSS_REFERENCE] if RSS_REFERENCE in ordered else [s for s in ordered if s >= RSS_REFERENCE_MIN]
-    if not candidates or candidates[0] >= ordered[-1]:
-        return None
-    return candidates[0], ordered[-1]
-
-
-def scaling_figures(rows: Sequence[Row]) -> list[Scaling]:
-    """Time per post at the largest size over time per post at the reference size, for host and plugin."""
-    figures: list[Scaling] = []
-    for fmt in dict.fromkeys(row.format for row in rows):
-        by_size = {row.size: row for row in rows if row.format == fmt}
-        pair = scaling_reference(by_size)
-        if pair is None:
-            continue
-        ref, largest = pair
-        for contender, attr in ((HOST, "host_s"), (PLUGIN, "plugin_s")):
-            t_ref, t_big = getattr(by_size[ref], attr), getattr(by_size[largest], attr)
-            ratio = _ratio(None if t_big is None else t_big / largest, None if t_ref is None else t_ref / ref)
-            if ratio is not None:
-                figures.append(Scaling(format=fmt, contender=contender, reference=ref, largest=largest, ratio=ratio))
+def derived_figures(rows: Sequence[Row]) -> list[Figure]:
+    """Per table: each targeted ratio at the largest size; time per post, and the plugin's RSS, against size."""
+    figures: list[Figure] = []
+    for table in dict.fromkeys(row.table for row in rows):
+        title, by_size = table_title(table), {row.size: row for row in rows if row.table == table}
+        largest = by_size[max(by_size)]
+        for r in RATIOS:
+            value = largest.ratios.get(r.name)
+            if r.target is not None and value is not None:
+                figures.append(Figure(title, f"{r.name} at {largest.size:,} posts", value, target=r.target))
+        ref, big = reference(by_size, SCALING_REFERENCE) or (0, 0)
+        for c in ("host", "plugin") if ref else ():
+            if c in by_size[ref].seconds and c in by_size[big].seconds:
+                value = by_size[big].seconds[c] / big / (by_size[ref].seconds[c] / ref)
+                figures.append(Figure(title, f"{c} time per post at {big:,} vs at {ref:,} posts", value))
+        ref, big = reference(by_size, RSS_REFERENCE) or (0, 0)
+        if ref and "plugin" in by_size[ref].megabytes and "plugin" in by_size[big].megabytes:
+            spread = by_size[big].megabytes["plugin"] - by_size[ref].megabytes["plugin"]
+            figures.append(Figure(title, f"plugin peak RSS at {big:,} minus at {ref:,} posts", spread, unit="MB"))
     return figures
 
 
-def rss_spreads(rows: Sequence[Row]) -> list[RssSpread]:
-    """The plugin's peak RSS at the largest size minus at the RSS reference size, per format."""
-    spreads: list[RssSpread] = []
-    for fmt in dict.fromkeys(row.format for row in rows):
-        by_size = {row.size: row for row in rows if row.format == fmt}
-        pair = rss_reference(by_size)
-        if pair is None:
-            continue
-        ref, largest = pair
-        low, high = by_size[ref].plugin_mb, by_size[largest].plugin_mb
-        if low is not None and high is not None:
-            spreads.append(RssSpread(format=fmt, reference=ref, largest=largest, spread_mb=high - low))
-    return spreads
-
-
-def fmt_num(value: float | None, spec: str) -> str:
+def cell(value: float | None, spec: str) -> str:
     """``value`` formatted with ``spec``, or a dash when missing."""
     return DASH if value is None else format(value, spec)
 
 
-def fmt_flag(value: bool | None) -> str:
-    """yes / no / a dash."""
-    return DASH if value is None else ("yes" if value else "no")
+def render_table(rows: Sequence[Row], table: Table) -> list[str]:
+    """The Markdown lines of one table: only the columns that have something to show."""
+    mine = [row for row in rows if row.table == table]
+    contenders = sorted({c for row in mine for c in row.seconds}, key=contender_order)
+    ratios = [r for r in RATIOS if any(row.ratios.get(r.name) is not None for row in mine)]
+    media, plugin = any(row.media_files for row in mine), "plugin" in contenders
+    header = ["posts", *(f"{c} {unit}" for c in contenders for unit in ("s", "MB")), *["plugin posts/s"] * plugin]
+    header += [r.name + ("" if r.target is None else f" (≤ {r.target:g})") for r in ratios]
+    header += [*["media files"] * media, "identical"]
+    lines = [f"### {table_title(table)}", "", f"| {' | '.join(header)} |", "|" + "---:|" * (len(header) - 1) + ":---:|"]
+    for row in mine:
+        cells = [
+            f"{row.size:,}",
+            *(cell(d.get(c), s) for c in contenders for d, s in ((row.seconds, ".3f"), (row.megabytes, ".1f"))),
+        ]
+        cells += [cell(ratio(row.size, row.seconds.get("plugin")), ",.0f")] * plugin
+        cells += [cell(row.ratios.get(r.name), ".2f") for r in ratios] + [cell(row.media_files, ",d")] * media
+        lines.append(f"| {' | '.join(cells)} | {DASH if row.identical is None else 'yes' if row.identical else 'no'} |")
+    return lines
 
 
-def fmt_size(size: int) -> str:
-    """Thousands separated: ``100,000``."""
-    return f"{size:,}"
-
-
-TABLE_HEADER = (
-    "| posts | host s | host MB | plugin s | plugin MB | plugin posts/s | plugin/host time "
-    "| sqlite-utils s | sqlite3 -json s | plugin/sqlite3 | identical |"
-)
-TABLE_RULE = "|" + "---:|" * 10 + ":---:|"
-
-
-def render_row(row: Row) -> str:
-    """One Markdown table line."""
-    cells = [
-        fmt_size(row.size),
-        fmt_num(row.host_s, ".3f"),
-        fmt_num(row.host_mb, ".1f"),
-        fmt_num(row.plugin_s, ".3f"),
-        fmt_num(row.plugin_mb, ".1f"),
-        fmt_num(row.plugin_posts_per_s, ",.0f"),
-        fmt_num(row.plugin_host_ratio, ".2f"),
-        fmt_num(row.sqlite_utils_s, ".3f"),
-        fmt_num(row.sqlite3_s, ".3f"),
-        fmt_num(row.plugin_sqlite3_ratio, ".2f"),
-        fmt_flag(row.identical),
-    ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def render_table(rows: Sequence[Row], fmt: str) -> list[str]:
-    """The Markdown lines of one format's table."""
-    return [f"### {fmt.upper()}", "", TABLE_HEADER, TABLE_RULE, *(render_row(r) for r in rows if r.format == fmt)]
-
-
-def render_meta(meta: Meta, *, floor_mb: float | None) -> list[str]:
-    """The bullet list that says how the numbers were taken."""
+def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
+    """The bullet list that says how the numbers were taken (``meta``: as run.main makes it)."""
     lines = [
-        f"- Command: `{meta.command}`",
-        f"- Date: {meta.date}",
-        f"- Python: {meta.python} on {meta.platform}, {meta.cpu_count or '?'} CPU(s)",
-        f"- skyarchive (host): {meta.host_version or 'unknown'}; export-batching-plugin: "
-        f"{meta.plugin_version or 'unknown'}",
-        f"- sqlite3 CLI: {meta.sqlite3_version or 'not found'}; "
-        f"sqlite-utils: {meta.sqlite_utils_version or 'not found'}",
-        f"- Sizes: {', '.join(fmt_size(s) for s in meta.sizes)}; formats: {', '.join(meta.formats)}; "
-        f"repeats: {meta.repeat} (median shown)",
-        f"- Contenders: {', '.join(meta.contenders)}",
+        f"- Command: `{meta['command']}`",
+        f"- Date: {meta['date']}; Python {meta['python']} on {meta['platform']}, {meta['cpu_count'] or '?'} CPU(s)",
+        "- Versions: " + "; ".join(f"{name} {version or 'not found'}" for name, version in meta["versions"].items()),
+        f"- Formats: {', '.join(meta['formats'])}; repeats: {meta['repeat']} (median shown); "
+        f"contenders: {', '.join(meta['contenders'])}",
+        *(f"- Skipped: {name} ({reason})" for name, reason in meta["skipped"].items()),
+        *([f"- **Failed, results incomplete**: {meta['failed']}"] if meta.get("failed") else []),
+        "- Archives (seconds to make them, or reused from an earlier run):",
     ]
-    lines += [f"- Skipped: {name} ({reason})" for name, reason in meta.skipped.items()]
+    for a in meta["archives"]:
+        line = f"  - {table_title((a['backend'], a['media'], ''))}, {a['size']:,} posts: `{a['rows']}`"
+        line += f" into `{a['sqlite']}`"
+        line += "" if a["seed_s"] is None else f" ({a['seed_s']} s)"
+        line += f", then {a['copy']} into `{a['postgresql']}`" if "copy" in a else ""
+        lines.append(line + ("" if a.get("copy_s") is None else f" ({a['copy_s']} s)"))
     if floor_mb is not None:
         lines.append(
             f"- Peak RSS is max(polled VmHWM, wait4 ru_maxrss) of the export process alone; ru_maxrss cannot go "
@@ -299,41 +253,21 @@ def render_meta(meta: Meta, *, floor_mb: float | None) -> list[str]:
     return lines
 
 
-def render_derived(scaling: Sequence[Scaling], spreads: Sequence[RssSpread]) -> list[str]:
-    """The bullet list of derived figures (empty when too few sizes were measured)."""
-    lines = [
-        f"- {s.format.upper()} {s.contender}: time per post at {fmt_size(s.largest)} vs at {fmt_size(s.reference)}: "
-        f"{s.ratio:.2f}x"
-        for s in scaling
-    ]
-    lines += [
-        f"- {s.format.upper()} plugin peak RSS, {fmt_size(s.largest)} minus {fmt_size(s.reference)} posts: "
-        f"{s.spread_mb:+.1f} MB"
-        for s in spreads
-    ]
-    if not scaling:
-        lines.append("- Time per post: n/a (needs two sizes)")
-    if not spreads:
-        lines.append(
-            f"- Plugin peak RSS spread: n/a (needs a size of at least {fmt_size(RSS_REFERENCE_MIN)} below the largest)"
-        )
-    return lines
-
-
-def render_markdown(meta: Meta, measurements: Sequence[Measurement]) -> str:
+def render_markdown(meta: dict[str, Any], measurements: Sequence[Measurement]) -> str:
     """The whole ``benchmark-results.md``."""
     rows = build_rows(measurements)
     floors = [m.floor_mb for m in measurements]
     lines = ["## Benchmark results", "", *render_meta(meta, floor_mb=max(floors) if floors else None), ""]
-    for fmt in dict.fromkeys(row.format for row in rows):
-        lines += [*render_table(rows, fmt), ""]
+    for table in dict.fromkeys(row.table for row in rows):
+        lines += [*render_table(rows, table), ""]
     lines += [
-        "Seconds are the median wall time of the export process, MB its median peak RSS; posts/s = posts / plugin s;",
-        "identical = the plugin's posts file has the same sha256 as the host's.",
+        "Seconds are the median wall time of the export process, MB its median peak RSS (on PostgreSQL, the",
+        "client's alone: the server's work is in the seconds, not in the MB); posts/s = posts / plugin s;",
+        "identical = every skyarchive contender wrote the same posts file (sha256) and media files.",
         "",
-        "### Derived figures",
+        "### Derived figures (from the same run)",
         "",
-        *render_derived(scaling_figures(rows), rss_spreads(rows)),
+        *([f.line() for f in derived_figures(rows)] or ["- none: too few sizes or contenders were measured"]),
         "",
     ]
     return "\n".join(lines)

@@ -1,18 +1,9 @@
-"""Benchmark the exports: ``python -m benchmarks.run [--sizes 500,5000,50000,100000] [--million] ...``.
+"""Benchmark the exports: ``python -m benchmarks.run [--backends sqlite,postgresql] [--million] [--repeat 3] ...``.
 
-For each archive size (one seeded SQLite archive per size, reused from the work folder), each format
-and each repeat, every contender runs once in its own fresh subprocess, in an order rotated per
-repeat so that noise spreads evenly:
-
-- ``host``: ``skyarchive export`` with an empty config file (the host's in-memory exporter);
-- ``plugin``: ``skyarchive export`` with the export_batching plugin on for every export;
-- ``sqlite-utils``: ``sqlite-utils query DB SQL`` (``--csv`` for CSV), stdout to a file, if installed;
-- ``sqlite3``: ``sqlite3 -json DB SQL``, stdout to a file, JSON only (the floor), if installed.
-
-Each is run under ``benchmarks/measure.py``, which reports its wall time and peak RSS. The host's
-and the plugin's exports are checked: the manifest names the intended exporter, and the plugin's
-posts file is byte-identical to the host's. Results go to ``<out>/benchmark-results.md``,
-``<out>/benchmark-results.json`` and ``<out>/benchmark.png`` (if matplotlib is installed).
+One loop: for each archive (backend and size; the media case), format and repeat, each contender taking part
+runs once in a fresh subprocess under ``measure.py``, in an order rotated per repeat. Each skyarchive run is
+checked: its manifest names the intended exporter, and its posts file (and media files) equal those of the
+first skyarchive run of the same archive and format. Writes ``<out>/benchmark-results.{md,json}``, ``benchmark.png``.
 """
 
 from __future__ import annotations
@@ -22,226 +13,115 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import contenders as c
+from .archives import DEFAULT_PG, BenchmarkError, Log, child_env, ensure_archive, probe_postgresql
 from .chart import render_chart
-from .contenders import (
-    CONFIG_TEXT,
-    CONTENDERS,
-    DEFAULT_DID,
-    EXPECTED_EXPORTER,
-    FORMATS,
-    SKYARCHIVE_CONTENDERS,
-    Tools,
-    build_command,
-    find_tools,
-    seed_command,
-    select_contenders,
-    supports,
-)
-from .report import MB, Measurement, Meta, build_rows, render_markdown, rss_spreads, scaling_figures
+from .report import Measurement, build_rows, derived_figures, render_markdown
 
-DEFAULT_SIZES = (500, 5_000, 50_000, 100_000)
-MILLION = 1_000_000
 MEASURE = Path(__file__).with_name("measure.py")
 RESULTS_MD, RESULTS_JSON, CHART_PNG = "benchmark-results.md", "benchmark-results.json", "benchmark.png"
-
-Log = Callable[[str], None]
-
-
-def _quiet(message: str) -> None:
-    """The default log: say nothing."""
-
-
-class BenchmarkError(Exception):
-    """A run that failed or did not take the intended path: the results would be wrong."""
 
 
 @dataclass(frozen=True)
 class Options:
     """What to measure and where to put it."""
 
-    sizes: tuple[int, ...] = DEFAULT_SIZES
-    formats: tuple[str, ...] = FORMATS
+    backends: tuple[str, ...] = c.BACKENDS
+    sizes: tuple[int, ...] | None = None  # None: each backend's DEFAULT_SIZES
+    million: bool = False
+    formats: tuple[str, ...] = c.FORMATS
+    contenders: tuple[str, ...] = tuple(c.BY_NAME)
     repeat: int = 1
+    media_posts: int = c.DEFAULT_MEDIA_POSTS
+    pg: str = DEFAULT_PG
     workdir: Path = Path(tempfile.gettempdir()) / "skyarchive-bench"
     out: Path = Path("docs")
-    contenders: tuple[str, ...] = CONTENDERS
-    did: str = DEFAULT_DID
+    did: str = c.DEFAULT_DID
+
+    def cases(self, backends: Sequence[str]) -> list[c.Case]:
+        """The archives to measure on ``backends``: the sizes of each, then (SQLite) the media case."""
+        cases: list[c.Case] = []
+        for backend in (b for b in c.BACKENDS if b in backends):
+            sizes = {*(self.sizes or c.DEFAULT_SIZES[backend]), *([c.MILLION] if self.million else [])}
+            cases += [c.Case(backend, size) for size in sorted(sizes)]
+            if backend == c.SQLITE and self.media_posts:
+                cases.append(c.Case(c.SQLITE, self.media_posts, media=True))
+        return cases
 
 
-@dataclass(frozen=True)
-class WrapperReport:
-    """What ``measure.py`` reported for one command."""
-
-    wall_s: float
-    vmhwm_kb: int
-    ru_maxrss_kb: int
-    floor_kb: int
-    exit_code: int
-
-    @property
-    def rss_mb(self) -> float:
-        """The peak RSS of the command: max(polled VmHWM, its own ru_maxrss), in MB."""
-        return max(self.vmhwm_kb, self.ru_maxrss_kb) * 1024 / MB
+def names(text: str) -> tuple[str, ...]:
+    """``"a, b,a"`` -> ``("a", "b")``."""
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
-def _csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """``"500,5000"`` -> ``(500, 5000)``, sorted and deduplicated; each size must be positive."""
-    try:
-        sizes = sorted({int(part.replace("_", "")) for part in _csv_list(text)})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes must be integers: {text!r}") from None
-    if not sizes or sizes[0] <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers: {text!r}")
-    return tuple(sizes)
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``"json,csv"`` -> ``("json", "csv")``."""
-    formats = tuple(dict.fromkeys(_csv_list(text)))
-    bad = [f for f in formats if f not in FORMATS]
-    if not formats or bad:
-        raise argparse.ArgumentTypeError(f"formats must be among {', '.join(FORMATS)}: {text!r}")
-    return formats
-
-
-def parse_contenders(text: str) -> tuple[str, ...]:
-    """``"host,plugin"`` -> ``("host", "plugin")``."""
-    names = tuple(dict.fromkeys(_csv_list(text)))
-    bad = [n for n in names if n not in CONTENDERS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"contenders must be among {', '.join(CONTENDERS)}: {text!r}")
-    return names
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m benchmarks.run``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES, help="archive sizes (posts)")
-    parser.add_argument("--million", action="store_true", help="add a 1,000,000-post archive")
-    parser.add_argument("--formats", type=parse_formats, default=FORMATS, help="json,csv")
-    parser.add_argument("--repeat", type=_positive, default=1, help="runs of each contender (median shown)")
-    parser.add_argument("--workdir", type=Path, default=Options.workdir, help="archives and scratch exports")
-    parser.add_argument("--out", type=Path, default=Options.out, help="folder for the results (default: docs)")
-    parser.add_argument(
-        "--contenders", type=parse_contenders, default=CONTENDERS, help=f"subset of {','.join(CONTENDERS)}"
-    )
-    return parser
+def sizes(text: str) -> tuple[int, ...]:
+    """``"5_000,500"`` -> ``(500, 5000)``."""
+    return tuple(sorted({int(name) for name in names(text)}))
 
 
 def parse_options(argv: Sequence[str]) -> Options:
-    """``Options`` from the command line."""
-    args = build_parser().parse_args(list(argv))
-    sizes = tuple(sorted({*args.sizes, MILLION})) if args.million else args.sizes
-    return Options(
-        sizes=sizes,
-        formats=args.formats,
-        repeat=args.repeat,
-        workdir=args.workdir,
-        out=args.out,
-        contenders=args.contenders,
-    )
+    """``Options`` from the command line of ``python -m benchmarks.run``."""
+    default_sizes = "; ".join(f"{b} {','.join(map(str, s))}" for b, s in c.DEFAULT_SIZES.items())
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=(__doc__ or "").split("\n\n")[0])
+    add = parser.add_argument
+    add("--backends", type=names, default=c.BACKENDS, help="sqlite,postgresql (default: both)")
+    add("--sizes", type=sizes, help=f"archive sizes (posts) on every backend (default: {default_sizes})")
+    add("--million", action="store_true", help="add a 1,000,000-post archive on every backend")
+    add("--formats", type=names, default=c.FORMATS, help="json,csv (default: both)")
+    add("--contenders", type=names, default=tuple(c.BY_NAME), help=f"some of {','.join(c.BY_NAME)} (default: all)")
+    add("--repeat", type=int, default=1, help="runs of each contender (median shown)")
+    add("--media-posts", type=int, default=c.DEFAULT_MEDIA_POSTS, help="posts of the SQLite media case (0: none)")
+    add("--pg", default=DEFAULT_PG, help=f"the PostgreSQL server: a libpq URL, no database (default: {DEFAULT_PG})")
+    add("--workdir", type=Path, default=Options.workdir, help="archives and scratch exports")
+    add("--out", type=Path, default=Options.out, help="folder for the results (default: docs)")
+    options = Options(**vars(parser.parse_args(list(argv))))
+    for option, allowed in (("backends", c.BACKENDS), ("formats", c.FORMATS), ("contenders", c.BY_NAME)):
+        if not getattr(options, option) or not set(getattr(options, option)) <= set(allowed):
+            parser.error(f"--{option}: choose among {','.join(allowed)}")
+    if options.repeat < 1 or options.media_posts < 0 or min(options.sizes or [1]) < 1:
+        parser.error("--repeat must be 1 or more, --media-posts 0 or more, and --sizes positive")
+    return options
 
 
-def child_env() -> dict[str, str]:
-    """The environment of every command: ours, less a config file that --config would not override anyway."""
-    env = dict(os.environ)
-    env.pop("SKYARCHIVE_CONFIG", None)
-    return env
-
-
-def count_posts(db: Path, did: str) -> tuple[int, int] | None:
-    """``(all posts, posts of did)`` in the archive, or None when it is missing or unreadable."""
-    if not db.is_file():
-        return None
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            total = conn.execute("SELECT count(*) FROM posts").fetchone()[0]
-            mine = conn.execute("SELECT count(*) FROM posts WHERE did = ?", (did,)).fetchone()[0]
-    except sqlite3.Error:
-        return None
-    return int(total), int(mine)
-
-
-def write_configs(config_dir: Path) -> None:
-    """One config file per skyarchive contender: ``host.toml`` (empty) and ``plugin.toml``."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    for name in SKYARCHIVE_CONTENDERS:
-        (config_dir / f"{name}.toml").write_text(CONFIG_TEXT[name], encoding="utf-8")
-
-
-def ensure_archive(size: int, *, workdir: Path, tools: Tools, did: str, log: Log = _quiet) -> Path:
-    """The archive of ``size`` posts of ``did`` in ``workdir``: reused when its counts are right, else seeded."""
-    db = workdir / f"archive-{size}.db"
-    if count_posts(db, did) == (size, size):
-        log(f"archive {db} ({size:,} posts): reused")
-        return db
-    partial = workdir / f"archive-{size}.partial.db"
-    for stale in (db, partial):
-        stale.unlink(missing_ok=True)
-    log(f"archive {db} ({size:,} posts): seeding")
-    started = time.perf_counter()
-    command = seed_command(tools=tools, db=partial, config=workdir / "config" / "host.toml", posts=size, did=did)
-    done = subprocess.run(command, cwd=workdir, env=child_env(), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchmarkError(f"seeding {size} posts failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    os.replace(partial, db)
-    log(f"archive {db}: seeded in {time.perf_counter() - started:.1f} s")
-    return db
-
-
-def warm_cache(path: Path) -> None:
-    """Read the whole file once, so that no contender pays for the first read from disk."""
-    with path.open("rb") as stream:
-        while stream.read(1 << 20):
-            pass
+def select_contenders(requested: Sequence[str], backends: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``({name: executable}, {name: why skipped})`` of the requested contenders that run on ``backends``."""
+    found = {n: c.find_tool(c.BY_NAME[n].tool) for n in requested if set(c.BY_NAME[n].backends) & set(backends)}
+    skipped = {n: f"{c.BY_NAME[n].tool} executable not found" for n, exe in found.items() if exe is None}
+    return {n: exe for n, exe in found.items() if exe is not None}, skipped
 
 
 def measure_command(
     command: Sequence[str], *, cwd: Path, stdout_path: Path, stderr_path: Path, report_path: Path
-) -> tuple[WrapperReport, float]:
-    """Run ``command`` under ``measure.py``; return its report and the wall time seen from here."""
+) -> tuple[dict[str, Any], float]:
+    """Run ``command`` under ``measure.py``; return its report (see there) and the wall time seen from here."""
     wrapper = [sys.executable, "-I", "-S", str(MEASURE), "--report", str(report_path), "--", *command]
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         started = time.perf_counter()
         subprocess.run(wrapper, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=False)
         outer = time.perf_counter() - started
     try:
-        data = json.loads(report_path.read_text(encoding="utf-8"))
+        return json.loads(report_path.read_text(encoding="utf-8")), outer
     except (OSError, ValueError):
-        raise BenchmarkError(f"no report from measure.py for {shlex.join(command)}: {_tail(stderr_path)}") from None
-    return WrapperReport(**data), outer
+        raise BenchmarkError(f"no report from measure.py for {shlex.join(command)}: {tail(stderr_path)}") from None
 
 
-def _tail(path: Path, chars: int = 2000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()[-chars:]
-    except OSError:
-        return ""
+def tail(path: Path, chars: int = 2000) -> str:
+    """The end of a (log) file."""
+    return path.read_text(encoding="utf-8", errors="replace").strip()[-chars:] if path.is_file() else ""
 
 
 def sha256_file(path: Path) -> str:
@@ -253,181 +133,143 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_dir_from_stdout(stdout_text: str) -> Path:
-    """The export directory: the last line that ``skyarchive export`` printed."""
-    lines = stdout_text.strip().splitlines()
-    if not lines:
-        raise BenchmarkError("skyarchive export printed nothing on stdout")
-    return Path(lines[-1].strip())
+def folder_digest(folder: Path) -> tuple[str, int]:
+    """``(sha256 over the sorted (relative name, sha256 of the file) pairs, number of files)`` of a folder."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest(), len(files)
 
 
-def check_exporter(manifest: dict[str, Any], contender: str) -> str:
+def check_exporter(manifest: dict[str, Any], contender: c.Contender) -> str:
     """The manifest's "exporter"; raises BenchmarkError unless it is the one ``contender`` means to run."""
-    exporter = manifest.get("exporter")
-    expected = EXPECTED_EXPORTER[contender]
+    exporter, expected = manifest.get("exporter"), contender.exporter or ""
     if not isinstance(exporter, str) or not exporter.startswith(expected):
-        raise BenchmarkError(f"{contender}: the export was made by {exporter!r}, expected {expected}*")
+        raise BenchmarkError(f"{contender.name}: the export was made by {exporter!r}, expected {expected}*")
     return exporter
 
 
-def posts_output(contender: str, *, fmt: str, stdout_path: Path) -> tuple[Path, str | None]:
-    """The posts file a run wrote, and for skyarchive contenders the checked exporter name."""
-    if contender not in SKYARCHIVE_CONTENDERS:
-        return stdout_path, None
-    export_dir = export_dir_from_stdout(stdout_path.read_text(encoding="utf-8", errors="replace"))
-    manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
-    return export_dir / f"posts.{fmt}", check_exporter(manifest, contender)
+def check_same(reference: Measurement, m: Measurement, where: str = "") -> None:
+    """Raise BenchmarkError unless ``m`` wrote the same posts file and media files as ``reference``."""
+    pairs = (("posts file", m.sha256, reference.sha256), ("media files", m.media_digest, reference.media_digest))
+    for what, ours, theirs in pairs:
+        if ours != theirs:
+            raise BenchmarkError(
+                f"{m.contender} ({m.backend}, {m.size:,} posts, {m.format}): {what} sha256 {ours} differs from "
+                f"{reference.contender}'s {theirs} {where}".rstrip()
+            )
 
 
-@dataclass(frozen=True)
-class Case:
-    """One archive, format and repeat: the fixed part of every contender's run."""
-
-    size: int
-    fmt: str
-    repeat: int
-    db: Path
-    did: str
-    tools: Tools
-    workdir: Path
-
-
-def run_one(contender: str, case: Case) -> Measurement:
-    """Run one contender once in a fresh subprocess, check what it wrote, and measure it."""
-    run_dir = case.workdir / "runs" / f"{case.size}-{case.fmt}-{contender}-r{case.repeat}"
+def run_one(
+    contender: c.Contender, exe: str, archive: c.Archive, fmt: str, repeat: int, options: Options,
+    reference: Measurement | None,
+) -> Measurement:  # fmt: skip
+    """Run one contender once in a fresh subprocess, check what it wrote (against ``reference``), measure it."""
+    case, skyarchive = archive.case, contender.config is not None
+    tag = f"{case.backend}-{case.size}{'-media' * case.media}-{fmt}-{contender.name}-r{repeat}"
+    run_dir = options.workdir / "runs" / tag
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    command = build_command(
-        contender, tools=case.tools, db=case.db, fmt=case.fmt, did=case.did,
-        out_dir=run_dir / "exports", config_dir=case.workdir / "config",
+    job = c.Job(archive=archive, fmt=fmt, did=options.did, out_dir=run_dir / "exports", config=run_dir / "config.toml")
+    if skyarchive:
+        job.config.write_text(c.config_text(contender, archive.media_dir), encoding="utf-8")
+    stdout_path, stderr_path = run_dir / ("stdout.txt" if skyarchive else f"posts.{fmt}"), run_dir / "stderr.txt"
+    report, outer = measure_command(contender.command(exe, job), cwd=run_dir, stdout_path=stdout_path,
+                                    stderr_path=stderr_path, report_path=run_dir / "report.json")  # fmt: skip
+    if report["exit_code"] != 0:
+        raise BenchmarkError(f"{contender.name} exited {report['exit_code']} in {run_dir}: {tail(stderr_path)}")
+    posts, exporter, media = stdout_path, None, None
+    if skyarchive:  # the export folder is the last line printed
+        export_dir = Path((stdout_path.read_text(encoding="utf-8", errors="replace").strip().splitlines() or ["."])[-1])
+        try:
+            manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise BenchmarkError(f"{contender.name} wrote no readable manifest.json in {export_dir}") from None
+        exporter = check_exporter(manifest, contender)
+        posts, media = export_dir / f"posts.{fmt}", folder_digest(export_dir / "media") if case.media else None
+        if media is not None and not media[1]:
+            raise BenchmarkError(f"{contender.name} copied no media files in {run_dir}")
+    if not posts.is_file() or posts.stat().st_size == 0:
+        raise BenchmarkError(f"{contender.name} wrote no posts file at {posts}")
+    m = Measurement(
+        contender=contender.name, backend=case.backend, size=case.size, media=case.media, format=fmt, repeat=repeat,
+        wall_s=report["wall_s"], rss_mb=max(report["vmhwm_kb"], report["ru_maxrss_kb"]) / 1024,
+        vmhwm_mb=report["vmhwm_kb"] / 1024, ru_maxrss_mb=report["ru_maxrss_kb"] / 1024,
+        floor_mb=report["floor_kb"] / 1024, outer_wall_s=outer, output_bytes=posts.stat().st_size,
+        sha256=sha256_file(posts), exporter=exporter, media_digest=media[0] if media else None,
+        media_files=media[1] if media else None,
     )  # fmt: skip
-    stdout_path = run_dir / ("stdout.txt" if contender in SKYARCHIVE_CONTENDERS else f"posts.{case.fmt}")
-    stderr_path = run_dir / "stderr.txt"
-    report, outer = measure_command(
-        command, cwd=run_dir, stdout_path=stdout_path, stderr_path=stderr_path, report_path=run_dir / "report.json"
-    )
-    if report.exit_code != 0:
-        raise BenchmarkError(f"{contender} exited {report.exit_code}: {_tail(stderr_path)}")
-    posts_path, exporter = posts_output(contender, fmt=case.fmt, stdout_path=stdout_path)
-    if not posts_path.is_file() or posts_path.stat().st_size == 0:
-        raise BenchmarkError(f"{contender} wrote no posts file at {posts_path}")
-    measurement = Measurement(
-        contender=contender, size=case.size, format=case.fmt, repeat=case.repeat,
-        wall_s=report.wall_s, rss_mb=report.rss_mb, vmhwm_mb=report.vmhwm_kb / 1024,
-        ru_maxrss_mb=report.ru_maxrss_kb / 1024, floor_mb=report.floor_kb / 1024, outer_wall_s=outer,
-        output_bytes=posts_path.stat().st_size, sha256=sha256_file(posts_path), exporter=exporter,
-    )  # fmt: skip
+    if reference is not None and skyarchive:
+        check_same(reference, m, f"(kept in {run_dir})")
     shutil.rmtree(run_dir, ignore_errors=True)
-    return measurement
+    return m
 
 
 def rotated(items: Sequence[str], by: int) -> list[str]:
     """``items`` rotated left by ``by``: each repeat starts with a different contender."""
-    if not items:
-        return []
-    shift = by % len(items)
+    shift = by % len(items) if items else 0
     return [*items[shift:], *items[:shift]]
 
 
-def describe(m: Measurement) -> str:
-    """One progress line."""
-    return (
-        f"  {m.size:>9,} {m.format:<4} r{m.repeat} {m.contender:<12} {m.wall_s:8.3f} s "
-        f"{m.rss_mb:7.1f} MB {m.posts_per_s:>12,.0f} posts/s"
-    )
+def warm_cache(archive: c.Archive) -> None:
+    """Read a SQLite file and the media files once (on PostgreSQL the counts that checked the archive read it)."""
+    paths = [Path(archive.location)] if archive.case.backend == c.SQLITE else []
+    for path in [*paths, *(path for path in archive.media_dir.rglob("*") if path.is_file())]:
+        with path.open("rb") as stream:
+            while stream.read(1 << 20):
+                pass
 
 
 def run_benchmarks(
-    options: Options, *, tools: Tools, contenders: Sequence[str], log: Log = _quiet
-) -> list[Measurement]:
-    """Measure every contender on every size, format and repeat; return the raw measurements."""
-    options.workdir.mkdir(parents=True, exist_ok=True)
-    write_configs(options.workdir / "config")
-    measurements: list[Measurement] = []
-    for size in options.sizes:
-        db = ensure_archive(size, workdir=options.workdir, tools=tools, did=options.did, log=log)
-        warm_cache(db)
+    options: Options, cases: Sequence[c.Case], runners: dict[str, str], *, log: Log,
+    measurements: list[Measurement], archives: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """The loop over archives, formats, repeats and contenders; adds to ``measurements`` and (how each archive was
+    made) ``archives`` as it goes."""
+    for case in cases:
+        archive, made = ensure_archive(case, workdir=options.workdir, did=options.did, python=sys.executable,
+                                       pg=options.pg, log=log)  # fmt: skip
+        archives.append(made)
+        warm_cache(archive)
         for fmt in options.formats:
-            runnable = [c for c in contenders if supports(c, fmt)]
+            taking_part = [name for name in runners if c.BY_NAME[name].takes_part(case, fmt)]
+            reference: Measurement | None = None  # the first skyarchive run's output, which all others must equal
             for repeat in range(1, options.repeat + 1):
-                case = Case(size=size, fmt=fmt, repeat=repeat, db=db, did=options.did, tools=tools,
-                            workdir=options.workdir)  # fmt: skip
-                for contender in rotated(runnable, repeat - 1):
-                    measurement = run_one(contender, case)
-                    measurements.append(measurement)
-                    log(describe(measurement))
-    return measurements
+                for name in rotated(taking_part, repeat - 1):
+                    m = run_one(c.BY_NAME[name], runners[name], archive, fmt, repeat, options, reference)
+                    reference = reference or (m if m.exporter else None)
+                    measurements.append(m)
+                    log(f"  {m.backend:<10} {m.size:>9,}{'+media' * m.media:<6} {m.format:<4} r{repeat} {name:<12} "
+                        f"{m.wall_s:8.3f} s {m.rss_mb:7.1f} MB {m.posts_per_s:>12,.0f} posts/s")  # fmt: skip
 
 
-def _tool_version(command: Sequence[str], *, last_word: bool) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    words = done.stdout.split()
-    if done.returncode != 0 or not words:
-        return None
-    return words[-1] if last_word else words[0]
+def versions(runners: dict[str, str], pg_version: str | None) -> dict[str, str | None]:
+    """The versions of the host, the plugin, each tool run, and the PostgreSQL server and driver if used."""
+    installed = {(dist.metadata["Name"] or "").lower(): dist.version for dist in metadata.distributions()}
+    found = {name: installed.get(name) for name in ("skyarchive", "export-batching-plugin")}
+    for tool, exe in {c.BY_NAME[name].tool: exe for name, exe in runners.items()}.items():
+        if tool != "python":
+            done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+            version = re.search(r"\d+(?:\.\d+)+", done.stdout)
+            found[tool] = version.group() if version else None
+    return found | ({"PostgreSQL server": pg_version, "psycopg": installed.get("psycopg")} if pg_version else {})
 
 
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def collect_meta(
-    options: Options, *, argv: Sequence[str], tools: Tools, contenders: Sequence[str], skipped: dict[str, str]
-) -> Meta:
-    """The run's description: command line, date, interpreter, CPU count, versions."""
-    return Meta(
-        command=shlex.join(["python", "-m", "benchmarks.run", *argv]),
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        python=platform.python_version(),
-        platform=platform.platform(),
-        cpu_count=os.cpu_count(),
-        host_version=_package_version("skyarchive"),
-        plugin_version=_package_version("export-batching-plugin"),
-        sqlite3_version=_tool_version([tools.sqlite3, "--version"], last_word=False) if tools.sqlite3 else None,
-        sqlite_utils_version=(
-            _tool_version([tools.sqlite_utils, "--version"], last_word=True) if tools.sqlite_utils else None
-        ),
-        sizes=list(options.sizes),
-        formats=list(options.formats),
-        repeat=options.repeat,
-        contenders=list(contenders),
-        skipped=dict(skipped),
-    )
-
-
-def results_document(meta: Meta, measurements: Sequence[Measurement]) -> dict[str, Any]:
-    """Everything in ``benchmark-results.json``: the raw measurements of every repeat, the rows, the figures."""
-    rows = build_rows(measurements)
-    return {
-        "meta": asdict(meta),
-        "measurements": [m.to_dict() for m in measurements],
-        "rows": [asdict(row) for row in rows],
-        "derived": {
-            "scaling": [asdict(s) for s in scaling_figures(rows)],
-            "rss_spread": [asdict(s) for s in rss_spreads(rows)],
-        },
-    }
-
-
-def write_results(meta: Meta, measurements: Sequence[Measurement], out: Path, *, log: Log = _quiet) -> list[Path]:
-    """Write the Markdown, the JSON and (with matplotlib) the chart into ``out``; return the files written."""
+def write_results(meta: dict[str, Any], measurements: Sequence[Measurement], out: Path, *, log: Log) -> list[Path]:
+    """Write the Markdown, the JSON (every repeat) and, with matplotlib, the chart into ``out``; return the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    md_path, json_path, png_path = out / RESULTS_MD, out / RESULTS_JSON, out / CHART_PNG
-    md_path.write_text(render_markdown(meta, measurements), encoding="utf-8")
-    json_path.write_text(json.dumps(results_document(meta, measurements), indent=2) + "\n", encoding="utf-8")
-    written = [md_path, json_path]
-    why_not = render_chart(measurements, png_path)
-    if why_not is None:
-        written.append(png_path)
-    else:
+    rows = build_rows(measurements)
+    document = {
+        "meta": meta, "measurements": [{**asdict(m), "posts_per_s": m.posts_per_s} for m in measurements],
+        "rows": [asdict(row) for row in rows], "derived": [{**asdict(f), "met": f.met} for f in derived_figures(rows)],
+    }  # fmt: skip
+    (out / RESULTS_MD).write_text(render_markdown(meta, measurements), encoding="utf-8")
+    (out / RESULTS_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    why_not = render_chart(measurements, out / CHART_PNG)
+    if why_not is not None:
         log(f"chart skipped: {why_not}")
-    return written
+    return [out / RESULTS_MD, out / RESULTS_JSON, *([out / CHART_PNG] if why_not is None else [])]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -438,19 +280,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    tools = find_tools()
-    contenders, skipped = select_contenders(options.contenders, tools)
-    for name, reason in skipped.items():
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    backends, skipped, pg_version = list(options.backends), {}, None
+    if c.POSTGRESQL in backends:
+        try:
+            pg_version = probe_postgresql(options.pg)
+        except BenchmarkError as exc:
+            backends.remove(c.POSTGRESQL)
+            skipped[c.POSTGRESQL] = str(exc)
+    runners, skipped_contenders = select_contenders(options.contenders, backends)
+    for name, reason in (skipped := skipped | skipped_contenders).items():
         log(f"skipping {name}: {reason}")
-    meta = collect_meta(options, argv=args, tools=tools, contenders=contenders, skipped=skipped)
-    try:
-        measurements = run_benchmarks(options, tools=tools, contenders=contenders, log=log)
-    except BenchmarkError as exc:
-        log(f"benchmark failed: {exc}")
+    cases = options.cases(backends)
+    if not cases or not runners:
+        log("nothing to measure")
         return 1
-    for path in write_results(meta, measurements, options.out, log=log):
+    measurements: list[Measurement] = []
+    archives: list[dict[str, Any]] = []
+    failed: str | None = None
+    try:
+        run_benchmarks(options, cases, runners, log=log, measurements=measurements, archives=archives)
+    except BenchmarkError as exc:
+        failed = str(exc)
+        log(f"benchmark failed: {failed}")
+    meta = {
+        "command": shlex.join(["python", "-m", "benchmarks.run", *args]), "date": date,
+        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "versions": versions(runners, pg_version), "formats": list(options.formats), "repeat": options.repeat,
+        "contenders": list(runners), "skipped": skipped, "archives": archives, "failed": failed,
+    }  # fmt: skip
+    for path in write_results(meta, measurements, options.workdir / "failed-run" if failed else options.out, log=log):
         log(f"wrote {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
