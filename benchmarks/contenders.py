@@ -126,10 +126,9 @@ CONTENDERS = (
     # skyarchive alone (the host's in-memory exporter), then with the plugin on for every size.
     Contender("host", BACKENDS, FORMATS, skyarchive, config="", exporter="skyarchive"),
     Contender("plugin", BACKENDS, FORMATS, skyarchive, config=plugin_config(threshold=0), exporter="export_batching"),
-    # A variant is one more entry (and a Ratio in report.RATIOS to compare it), e.g. once the plugin knows
-    # the key (today it refuses unknown keys):
-    # Contender("plugin-checksums", BACKENDS, FORMATS, skyarchive,
-    #           config=plugin_config(threshold=0, checksums=True), exporter="export_batching"),
+    # A variant is one more entry (and a Ratio in report.RATIOS to compare it):
+    Contender("plugin-checksums", BACKENDS, FORMATS, skyarchive,
+              config=plugin_config(threshold=0, checksums=True), exporter="export_batching"),
     # The peers and floors: the same rows in the same order, to stdout.
     Contender("sqlite-utils", (SQLITE,), FORMATS, tool="sqlite-utils",
               command=lambda exe, job: [exe, "query", job.archive.location, job.sql, *["--csv"] * (job.fmt == "csv")]),

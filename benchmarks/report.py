@@ -80,6 +80,7 @@ RATIOS = (
     Ratio("plugin", "psql-json", (POSTGRESQL,), ("json",)),
     Ratio("plugin", "psql-copy", (POSTGRESQL,), ("csv",), target=2.0),
     Ratio("plugin", "plugin", (POSTGRESQL,), ("json",), target=1.1, den_backend=SQLITE, label="plugin PG/SQLite"),
+    Ratio("plugin-checksums", "plugin", BACKENDS, FORMATS, target=1.05, label="checksums on/off"),
 )
 
 

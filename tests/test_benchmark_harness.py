@@ -137,11 +137,12 @@ def test_each_contender_takes_part_where_it_can() -> None:
     def names(case: Case, fmt: str) -> set[str]:
         return {c.name for c in contenders.CONTENDERS if c.takes_part(case, fmt)}
 
-    assert names(Case(SQLITE, 9), "json") == {"host", "plugin", "sqlite-utils", "sqlite3"}
-    assert names(Case(SQLITE, 9), "csv") == {"host", "plugin", "sqlite-utils"}
-    assert names(Case(SQLITE, 9, media=True), "json") == names(Case(SQLITE, 9, media=True), "csv") == {"host", "plugin"}
-    assert names(Case(POSTGRESQL, 9), "json") == {"host", "plugin", "psql-json"}
-    assert names(Case(POSTGRESQL, 9), "csv") == {"host", "plugin", "psql-copy"}
+    ours = {"host", "plugin", "plugin-checksums"}
+    assert names(Case(SQLITE, 9), "json") == {*ours, "sqlite-utils", "sqlite3"}
+    assert names(Case(SQLITE, 9), "csv") == {*ours, "sqlite-utils"}
+    assert names(Case(SQLITE, 9, media=True), "json") == names(Case(SQLITE, 9, media=True), "csv") == ours
+    assert names(Case(POSTGRESQL, 9), "json") == {*ours, "psql-json"}
+    assert names(Case(POSTGRESQL, 9), "csv") == {*ours, "psql-copy"}
 
 
 def test_configs_are_valid_toml(tmp_path: Path) -> None:
@@ -173,10 +174,10 @@ def test_a_variant_is_one_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_missing_tools_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(contenders, "find_tool", lambda tool: None if tool == "psql" else f"/bin/{tool}")
     runners, skipped = run.select_contenders(tuple(BY_NAME), [SQLITE, POSTGRESQL])
-    assert list(runners) == ["host", "plugin", "sqlite-utils", "sqlite3"]
+    assert list(runners) == ["host", "plugin", "plugin-checksums", "sqlite-utils", "sqlite3"]
     assert skipped == {"psql-copy": "psql executable not found", "psql-json": "psql executable not found"}
     runners, skipped = run.select_contenders(tuple(BY_NAME), [SQLITE])
-    assert (list(runners), skipped) == (["host", "plugin", "sqlite-utils", "sqlite3"], {})
+    assert (list(runners), skipped) == (["host", "plugin", "plugin-checksums", "sqlite-utils", "sqlite3"], {})
 
 
 def test_an_unreachable_server_skips_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,16 +273,24 @@ def test_rows_take_medians_ratios_and_identity() -> None:
     lite = rows[SQLITE, False, "json", 10_000]
     assert lite.seconds == {"host": 2.0, "plugin": 1.0, "sqlite3": 0.25}
     assert (lite.megabytes["host"], lite.identical) == (100.0, True)
-    assert lite.ratios == {"plugin/host": 0.5, "plugin/sqlite3": 4.0}
+    assert lite.ratios == {"plugin/host": 0.5, "plugin/sqlite3": 4.0, "checksums on/off": None}
     csv = rows[SQLITE, False, "csv", 10_000]
-    assert (csv.ratios, csv.identical) == ({"plugin/host": 0.5, "plugin/sqlite-utils": 0.5}, False)
+    assert (csv.ratios, csv.identical) == (
+        {"plugin/host": 0.5, "plugin/sqlite-utils": 0.5, "checksums on/off": None},
+        False,
+    )
     pg = rows[POSTGRESQL, False, "json", 10_000]
-    assert pg.ratios == {"plugin/host": 0.375, "plugin/psql-json": 3.0, "plugin PG/SQLite": 1.5}
+    assert pg.ratios == {
+        "plugin/host": 0.375,
+        "plugin/psql-json": 3.0,
+        "plugin PG/SQLite": 1.5,
+        "checksums on/off": None,
+    }
     media = rows[SQLITE, True, "json", 6_000]
     assert (media.identical, media.media_files, media.ratios) == (
         False,
         3,
-        {"plugin/host": 0.5, "plugin/sqlite3": None},
+        {"plugin/host": 0.5, "plugin/sqlite3": None, "checksums on/off": None},
     )
 
 
@@ -389,7 +398,9 @@ def test_tiny_run_measures_and_checks_every_contender(tiny_run: tuple[Path, list
     for m in results["measurements"]:
         assert m["rss_mb"] > 0 and m["output_bytes"] > 0
         assert (m["exporter"] or "none").startswith(
-            {"host": "skyarchive", "plugin": "export_batching"}.get(m["contender"], "none")
+            {"host": "skyarchive", "plugin": "export_batching", "plugin-checksums": "export_batching"}.get(
+                m["contender"], "none"
+            )
         )
         assert (m["media_files"] or 0) > 0 if m["media"] else m["media_files"] is None
     assert [(r["format"], r["media"], r["identical"]) for r in results["rows"]] == [

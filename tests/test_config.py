@@ -14,13 +14,14 @@ from .conftest import DID, Archive
 
 def test_defaults() -> None:
     assert parse_settings({}) == Settings(
-        threshold=5000, batch_size=1000, max_batch_bytes=16 * 1024 * 1024, progress_interval=5.0
+        threshold=5000, batch_size=1000, max_batch_bytes=16 * 1024 * 1024, progress_interval=5.0, checksums=False
     )
 
 
 def test_valid_values_are_kept() -> None:
-    settings = parse_settings({"threshold": 0, "batch_size": 1, "max_batch_bytes": 4096, "progress_interval": 1})
-    assert settings == Settings(threshold=0, batch_size=1, max_batch_bytes=4096, progress_interval=1.0)
+    table = {"threshold": 0, "batch_size": 1, "max_batch_bytes": 4096, "progress_interval": 1, "checksums": True}
+    settings = parse_settings(table)
+    assert settings == Settings(threshold=0, batch_size=1, max_batch_bytes=4096, progress_interval=1.0, checksums=True)
     assert isinstance(settings.progress_interval, float)
 
 
@@ -39,6 +40,8 @@ BAD_TABLES = [
     ({"progress_interval": math.nan}, "progress_interval must be a positive finite number"),
     ({"progress_interval": math.inf}, "progress_interval must be a positive finite number"),
     ({"progress_interval": "5s"}, "progress_interval must be a number, not str"),
+    ({"checksums": "yes"}, "checksums must be true or false, not str 'yes'"),
+    ({"checksums": 1}, "checksums must be true or false, not int 1"),
 ]
 
 
@@ -56,6 +59,7 @@ TOML_VALUES = {
     "threshold = -1": "threshold must be at least 0",
     "progress_interval = nan": "progress_interval must be a positive finite number",
     "max_batch_bytes = 1.5": "max_batch_bytes must be an integer",
+    'checksums = "true"': "checksums must be true or false, not str 'true'",
 }
 
 

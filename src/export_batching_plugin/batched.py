@@ -9,6 +9,7 @@ from collections.abc import Generator
 from typing import Any
 
 from . import __version__
+from .checksums import SUMS_NAME, StreamDigest, file_digest, write_sums
 from .config import Settings
 from .encoding import make_encoders
 from .host import (
@@ -60,6 +61,7 @@ class _Export:
         self.writer: PostsWriter | None = None
         self.media: MediaCopier | None = None
         self.batches: Generator[Batch, None, None] | None = None
+        self.digest: StreamDigest | None = None
 
     def run(self) -> ExportResult | None:
         try:
@@ -83,7 +85,7 @@ class _Export:
         self.snapshot = Snapshot.open(job.engine)
         conn = self.snapshot.conn
         total = count_selection(conn, request)
-        if total < settings.threshold:
+        if total < settings.threshold and not settings.checksums:
             self.snapshot.end(complete=True)
             return False
         encoders = make_encoders()
@@ -101,11 +103,17 @@ class _Export:
             self.phase = "reading the media rows"
             (staging.path / MEDIA_DIR_NAME).mkdir()
             self.media = MediaCopier(
-                media_root=job.config.media_dir, dest=staging.path / MEDIA_DIR_NAME, spool_dir=staging.path.parent
+                media_root=job.config.media_dir,
+                dest=staging.path / MEDIA_DIR_NAME,
+                spool_dir=staging.path.parent,
+                checksums=settings.checksums,
             )
             self.media.spool(read_media_rows(conn, request))
             self.media.start()
-        self.writer = writer = open_writer(request.format, staging.path / POSTS_FILE[request.format], encoders)
+        if settings.checksums:
+            self.digest = StreamDigest()
+        sink = self.digest.update if self.digest is not None else None
+        self.writer = writer = open_writer(request.format, staging.path / POSTS_FILE[request.format], encoders, sink)
         self.batches = batches = read_batches(
             conn, request, batch_size=settings.batch_size, max_batch_bytes=settings.max_batch_bytes, expected=total
         )
@@ -140,6 +148,17 @@ class _Export:
             media_skipped=self.media.skipped if self.media else 0,
             exporter=EXPORTER,
         )
+        if self.digest is not None:
+            self.phase = f"writing {SUMS_NAME}"
+            media_sums = self.media.sums() if self.media is not None else iter(())
+            write_sums(
+                staging.path / SUMS_NAME,
+                [
+                    (self.digest.hexdigest(), writer.path.name),
+                    (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME),
+                ],
+                media_sums,
+            )
         self.phase = "syncing to disk"
         sync_tree(staging.path)
         return True
@@ -166,6 +185,8 @@ class _Export:
             self.batches.close()  # its cursor, before the snapshot ends
         if self.writer is not None:
             self.writer.abort()
+        if self.digest is not None:
+            self.digest.abort()
         if self.media is not None:
             self.media.abort()
         if self.snapshot is not None:

@@ -22,12 +22,15 @@ class Settings:
     batch_size: int = 1000
     #: Upper bound on the stored size of one batch; batches of large posts shrink to fit.
     max_batch_bytes: int = 16 * 1024 * 1024
-    #: Longest gap between two progress reports, in seconds.
+    #: Longest gap between two progress lines on the console, in seconds.
     progress_interval: float = 5.0
+    #: Write a SHA256SUMS of every file into each export (then every selection goes through the plugin).
+    checksums: bool = False
 
 
 _MINIMUM = {"threshold": 0, "batch_size": 1, "max_batch_bytes": 1}
 _FLOATS = {"progress_interval"}
+_BOOLS = {"checksums"}
 
 
 def parse_settings(table: Mapping[str, Any]) -> Settings:
@@ -42,6 +45,11 @@ def parse_settings(table: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for name, value in table.items():
+        if name in _BOOLS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, not {type(value).__name__} {value!r}")
+            values[name] = value
+            continue
         wants_float = name in _FLOATS
         if isinstance(value, bool) or not isinstance(value, (int, float) if wants_float else int):
             kind = "a number" if wants_float else "an integer"

@@ -19,6 +19,7 @@ the same row wins.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import pickle
@@ -29,12 +30,13 @@ import time
 import unicodedata
 import zlib
 from collections import namedtuple
-from collections.abc import Callable, Generator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import host
+from .checksums import stream_digest
 from .staging import start_writeback
 
 #: Copying threads: small files are dominated by system calls, which run without the GIL.
@@ -42,8 +44,6 @@ WORKERS = 4
 _QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
 _MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
-#: Called by a worker for each file copied (its name and path), after it is on disk; or None.
-OnFile = Callable[[str, Path], None]
 
 
 def _file_name(row: Any) -> str:
@@ -55,11 +55,12 @@ def _file_name(row: Any) -> str:
 class MediaCopier:
     """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
 
-    def __init__(self, *, media_root: Path, dest: Path, spool_dir: Path, on_file: OnFile | None = None) -> None:
+    def __init__(self, *, media_root: Path, dest: Path, spool_dir: Path, checksums: bool = False) -> None:
         self.dest = dest
         self._root = media_root.resolve()
         self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by wait()/abort()
-        self._on_file = on_file
+        #: With checksums, each worker's (row number, sha256, file name) of the files it copied, in row order.
+        self._sums = [tempfile.TemporaryFile(dir=spool_dir) for _ in range(WORKERS)] if checksums else []  # noqa: SIM115
         self.rows = self.copied = self.skipped = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -80,8 +81,8 @@ class MediaCopier:
         """Start copying on the worker threads."""
         self._threads = [threading.Thread(target=self._dispatch, name="export-media-rows", daemon=True)]
         self._threads += [
-            threading.Thread(target=self._work, args=(q,), name=f"export-media-{n}", daemon=True)
-            for n, q in enumerate(self._queues)
+            threading.Thread(target=self._work, args=(n,), name=f"export-media-{n}", daemon=True)
+            for n in range(WORKERS)
         ]
         for thread in self._threads:
             thread.start()
@@ -104,6 +105,21 @@ class MediaCopier:
         self._spool.close()
         self.check()
 
+    def sums(self) -> Iterator[tuple[str, str]]:
+        """After :meth:`wait`, with checksums: ``(sha256, "media/<name>")`` of each file copied, in row order."""
+
+        def records(stream: IO[bytes]) -> Iterator[tuple[int, str, str]]:
+            stream.seek(0)
+            while True:
+                try:
+                    yield pickle.load(stream)
+                except EOFError:
+                    stream.close()
+                    return
+
+        for _number, hexdigest, name in heapq.merge(*map(records, self._sums)):
+            yield hexdigest, f"{host.MEDIA_DIR_NAME}/{name}"
+
     def abort(self, *, timeout: float = 10.0) -> None:
         """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most.
 
@@ -116,7 +132,8 @@ class MediaCopier:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(thread.is_alive() for thread in self._threads):
             log.warning("export_batching: a media file copy is still waiting on its storage; left to end by itself")
-        self._spool.close()
+        for stream in (self._spool, *self._sums):
+            stream.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -134,6 +151,7 @@ class MediaCopier:
         return False
 
     def _dispatch(self) -> None:
+        number = 0  # the row's place in the export's order
         try:
             while True:
                 try:
@@ -143,40 +161,40 @@ class MediaCopier:
                 for values in chunk:
                     row = _MediaRow._make(values)
                     worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
-                    if not self._put(self._queues[worker], row):
+                    if not self._put(self._queues[worker], (number, row)):
                         return
+                    number += 1
         except BaseException as exc:
             self._fail(exc)
         finally:
             for target in self._queues:
                 self._put(target, None)
 
-    def _work(self, rows: queue.Queue[Any]) -> None:
+    def _work(self, worker: int) -> None:
+        rows = self._queues[worker]
+        sums = self._sums[worker] if self._sums else None
         try:
             while not self._stop.is_set():
                 try:
-                    row = rows.get(timeout=0.1)
+                    item = rows.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if row is None:
+                if item is None:
                     return
-                self._copy(row)
+                number, row = item
+                self._copy(number, row, sums)
         except BaseException as exc:
             self._fail(exc)
 
-    def _copy(self, row: Any) -> None:
+    def _copy(self, number: int, row: Any, sums: IO[bytes] | None) -> None:
         name = os.path.basename(row.file_path or "")
         try:
             copied = host.copy_media_file(row, self._root, self.dest)
             if copied:
-                path = self.dest / name
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    start_writeback(fd)  # the final sync then waits for little
-                finally:
-                    os.close(fd)
-                if self._on_file is not None:
-                    self._on_file(name, path)
+                with open(self.dest / name, "rb") as copy:
+                    start_writeback(copy.fileno())  # the final sync then waits for little
+                    if sums is not None:  # read back from the page cache: the host's function did the copy
+                        pickle.dump((number, stream_digest(copy), name), sums)
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)

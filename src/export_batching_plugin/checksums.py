@@ -1,0 +1,90 @@
+"""SHA256SUMS: a checksum of every file of an export, in the format ``sha256sum`` writes and reads.
+
+Each line is ``<64 hex digits>  <path relative to the export directory>``.
+A path holding a backslash, a newline or a carriage return is written the way
+GNU ``sha256sum`` (coreutils 9) writes it: those characters escaped as
+``\\\\``, ``\\n`` and ``\\r``, and the line prefixed with a backslash, so that
+``sha256sum -c SHA256SUMS`` finds the file again.
+
+The posts file is hashed as it is written (:class:`StreamDigest`, on a thread
+of its own: hashlib lets go of the GIL for large updates, so the hashing runs
+on the second core while posts are encoded); the posts file is never read
+again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+SUMS_NAME = "SHA256SUMS"
+_PIECES = 64  # pieces in flight to the hashing thread: each a batch's output (a few hundred KiB) at most
+_BLOCK = 1 << 20
+
+
+def sums_line(hexdigest: str, path: str) -> bytes:
+    """One line of SHA256SUMS, as GNU sha256sum writes it (see the module's docstring)."""
+    name = os.fsencode(path)
+    escaped = name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    prefix = b"\\" if escaped != name else b""
+    return prefix + hexdigest.encode("ascii") + b"  " + escaped + b"\n"
+
+
+def stream_digest(stream: IO[bytes]) -> str:
+    """The hex sha256 of what is left to read in ``stream``, read in blocks."""
+    digest = hashlib.sha256()
+    while block := stream.read(_BLOCK):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """The hex sha256 of a file."""
+    with open(path, "rb") as stream:
+        return stream_digest(stream)
+
+
+def write_sums(path: Path, *entries: Iterable[tuple[str, str]]) -> None:
+    """Write SHA256SUMS (exclusively) from ``(hexdigest, relative path)`` pairs, in their order."""
+    with open(path, "xb") as stream:
+        for hexdigest, name in itertools.chain(*entries):
+            stream.write(sums_line(hexdigest, name))
+
+
+class StreamDigest:
+    """The sha256 of a stream written piece by piece (:meth:`update`), computed on a thread of its own.
+
+    The pieces must not change once handed over (bytes, or views of bytes).
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._pieces: queue.Queue[Any] = queue.Queue(_PIECES)
+        self._thread = threading.Thread(target=self._run, name="export-sha256", daemon=True)
+        self._thread.start()
+
+    def update(self, piece: Any) -> None:
+        self._pieces.put(piece)
+
+    def hexdigest(self) -> str:
+        """Once everything is written: the digest."""
+        self._pieces.put(None)
+        self._thread.join()
+        return self._digest.hexdigest()
+
+    def abort(self) -> None:
+        """After a failure: stop the thread."""
+        if self._thread.is_alive():
+            self._pieces.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        update = self._digest.update
+        while (piece := self._pieces.get()) is not None:
+            update(piece)
