@@ -117,3 +117,14 @@ def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
     engine = build(tmp_path, templates, 9)
     for budget in (None, 100_000):
         run_both(engine, tmp_path / str(budget), batch_size=4, max_batch_bytes=budget, format=format)
+
+
+@pytest.mark.parametrize("batch_size", [1000, 37])
+def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, batch_size: int) -> None:
+    """Records are encoded in runs of about RUN_BYTES; a batch of many mid-size posts spans several runs."""
+    from export_batching_plugin.encoding import LARGE_RECORD, RUN_BYTES
+
+    size = LARGE_RECORD // 2
+    count = 3 * RUN_BYTES // size + 5
+    engine = build(tmp_path, [{"text": "é" * size}, {"text": "x", "embed_data": '{"a": [1, 2]}'}], count)
+    run_both(engine, tmp_path, batch_size=batch_size, format="json")

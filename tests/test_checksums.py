@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,27 @@ def test_sums_lines_match_what_sha256sum_writes(tmp_path: Path) -> None:
     ours = b"".join(sums_line(file_digest(tmp_path / name), name) for name in sorted(AWKWARD))
     theirs = subprocess.run([str(SHA256SUM), "--", *sorted(AWKWARD)], cwd=tmp_path, capture_output=True, check=True)
     assert ours == theirs.stdout
+
+
+def test_a_failure_mid_export_with_checksums_on_leaves_nothing(
+    library: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashing thread is stopped with the rest; nothing is published."""
+    from export_batching_plugin import writing
+
+    engine, media_dir = library
+    calls = {"n": 0}
+    original = writing.JsonWriter.write_batch
+
+    def fails_second(self: Any, batch: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device", str(self.path))
+        original(self, batch)
+
+    monkeypatch.setattr(writing.JsonWriter, "write_batch", fails_second)
+    outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 5, "checksums": True},
+                     media=True, media_dir=media_dir)  # fmt: skip
+    assert outcome.job is not None and str(outcome.error).startswith("writing batch 2 (posts 6-10) failed: disk full")
+    assert [p for p in tmp_path.rglob("*") if p.name == "SHA256SUMS" or ".staging-" in p.name] == []
+    assert not any(t.name == "export-sha256" for t in threading.enumerate())

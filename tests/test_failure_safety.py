@@ -383,3 +383,57 @@ def test_a_really_full_disk(big_archive: Path, tmp_path: Path) -> None:
         assert [p for p in mount.rglob("*") if p.is_file()] == []
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_media_copy_that_fails_mid_write_names_the_copy(
+    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to an open file does not say which file: the error still names the copy, as the user will see it."""
+    engine, media_dir = archive
+
+    def full_while_writing(media: Any, media_root: Path, dest_dir: Path) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(host, "copy_media_file", functools.wraps(host.copy_media_file)(full_while_writing))
+    outcome = export(engine, tmp_path, settings=SETTINGS, media=True, media_dir=media_dir)
+    assert outcome.job is not None
+    message = str(outcome.error)
+    final = re.escape(str(outcome.job.export_dir))
+    assert re.fullmatch(rf"copying media files failed: disk full: {final}/media/m\d+\.jpg", message), message
+    assert leftovers(tmp_path) == []
+
+
+def test_an_interrupt_that_leaves_staging_behind_says_so(
+    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, _ = archive
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batched, "write_manifest", interrupted)
+    monkeypatch.setattr(
+        staging.shutil, "rmtree", lambda path, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied", path))
+    )
+    with pytest.raises(KeyboardInterrupt):
+        export(engine, tmp_path, settings=SETTINGS)
+    (left,) = leftovers(tmp_path)
+    said = f"export_batching: interrupted; the incomplete export could not be removed: {tmp_path / left} (denied)"
+    assert said in caplog.text
+
+
+def test_a_slow_finish_says_what_it_is_doing(
+    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, _ = archive
+    real_sync = batched.sync_tree
+
+    def slow_sync(root: Path) -> None:
+        time.sleep(0.5)
+        real_sync(root)
+
+    monkeypatch.setattr(batched, "sync_tree", slow_sync)
+    outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.2})
+    assert outcome.error is None
+    lines = {record.getMessage() for record in caplog.records}
+    assert "export_batching: all 45 posts written; syncing to disk" in lines, lines

@@ -62,7 +62,7 @@ def test_the_package_under_test_is_the_installed_one() -> None:
     """The tests import the installed wheel, not the work tree (src/ layout)."""
     location = Path(export_batching_plugin.__file__).resolve()
     assert "site-packages" in location.parts, location
-    assert REPOSITORY not in location.parents
+    assert REPOSITORY / "src" not in location.parents
 
 
 # -- a host the plugin is not proven on: it steps aside, with one warning line per export ----------
@@ -197,3 +197,53 @@ def test_the_self_check_sees_a_one_byte_difference() -> None:
 
     reason = encoding.self_check(per_post, encoding.json_batch_encoder(per_post), off_by_one)
     assert reason is not None and reason.startswith("posts.csv differs on the self-check's row")
+
+
+def test_a_host_without_media_hashes_gets_its_own_csv_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """media_hashes is undocumented: a release may drop it. The contract still holds; the fast path steps back."""
+    monkeypatch.delattr(skyarchive.export, "media_hashes", raising=True)
+    original_csv_row = skyarchive.export.csv_row
+    monkeypatch.setattr(skyarchive.export, "csv_row", functools.wraps(original_csv_row)(lambda post: ["custom"]))
+    assert host.contract_problems() == []
+    encoders = encoding.make_encoders()
+    assert encoders.fallback_reason == "the host has no media_hashes/label_values"
+    assert encoders.csv([encoding.probe_rows()[0]]) == [["custom"]]
+
+
+def test_a_host_that_adds_a_csv_column_gets_its_own_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = skyarchive.export.csv_row
+    monkeypatch.setattr(skyarchive.export, "CSV_HEADER", (*skyarchive.export.CSV_HEADER, "Lang"))
+    monkeypatch.setattr(skyarchive.export, "csv_row", functools.wraps(original)(lambda post: [*original(post), "en"]))
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(9)])
+    alone = export(engine, tmp_path / "host", settings=None, format="csv")
+    batched = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 4}, format="csv")
+    engine.dispose()
+    assert batched.manifest is not None and batched.manifest["exporter"].startswith("export_batching")
+    assert batched.posts_bytes == alone.posts_bytes and alone.posts_bytes is not None
+    assert alone.posts_bytes.splitlines()[0].endswith(b",Lang")
+    assert (
+        encoding.make_encoders().fallback_reason == f"its posts.csv header is {', '.join(skyarchive.export.CSV_HEADER)}"
+    )
+
+
+def test_the_self_check_also_joins_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast encoder right on each row alone but wrong on several together (a separator, say) is caught."""
+    per_post = host.per_post()
+    fast = encoding.json_batch_encoder(per_post)
+
+    def wrong_when_joined(rows: Any, sizes: Any) -> Any:
+        items = list(fast(rows, sizes))
+        return items if len(rows) == 1 else [memoryview(b"".join(bytes(i) for i in items))]
+
+    reason = encoding.self_check(per_post, wrong_when_joined, encoding.csv_rows_builder(per_post))
+    assert reason == "posts.json differs on the self-check's rows together"
+
+
+def test_no_package_metadata_for_skyarchive_means_stepping_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> str:
+        raise plugin.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(plugin.metadata, "version", missing)
+    assert plugin.installed_host_version() is None
+    assert plugin.host_problem() == "skyarchive None is not a release this plugin is proven on (skyarchive>=0.3,<0.5)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,33 @@ def test_media_of_a_date_range_only(library: tuple[Any, Path, Path], tmp_path: P
         engine, tmp_path / "p", settings={"threshold": 0, "batch_size": 3}, media=True, media_dir=media_dir, **window
     )
     assert files(plugin) == files(host) == {f"img{n}.jpg": f"image {n}".encode() for n in range(5)}
+
+
+def test_an_interrupt_while_a_copy_waits_on_storage_does_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A media file on storage that does not answer (a FIFO nobody writes): Ctrl-C still ends the export."""
+    from export_batching_plugin import media
+
+    media_dir = tmp_path / "media"
+    media_dir.mkdir()
+    os.mkfifo(media_dir / "stuck.jpg")
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(30)], [media_row("stuck", 0, "stuck.jpg")])
+    monkeypatch.setattr(media.MediaCopier.abort, "__kwdefaults__", {"timeout": 0.5})
+
+    def interrupt(done: int, total: int) -> None:
+        if done == total:
+            time.sleep(0.2)  # the worker is blocked opening the FIFO by now
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 10}, media=True,
+               media_dir=media_dir, listener=interrupt)  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert "a media file copy is still waiting on its storage" in caplog.text
+    assert [p for p in (tmp_path / "out").rglob("*") if ".staging-" in p.name] == []
+    with open(media_dir / "stuck.jpg", "wb") as fifo:  # the storage answers at last: the worker ends
+        fifo.write(b"late")
+    engine.dispose()

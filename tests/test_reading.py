@@ -91,3 +91,23 @@ def test_stream_ending_before_the_count_warns_and_finishes(
     assert outcome.manifest["post_count"] == 25
     assert "ended after 25 of 28 counted posts" in caplog.text
     assert outcome.events[-1] == (25, 25)
+
+
+def test_a_snapshot_that_cannot_begin_gives_its_connection_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.engine import Connection
+
+    engine = make_engine(tmp_path / "a.db")
+    out: list[int] = []
+    event.listen(engine, "checkout", lambda *_: out.append(1))
+    event.listen(engine, "checkin", lambda *_: out.append(-1))
+
+    def refuse(self: Connection) -> Any:
+        raise RuntimeError("cannot begin")
+
+    monkeypatch.setattr(Connection, "begin", refuse)
+    with pytest.raises(RuntimeError, match="cannot begin"):
+        Snapshot.open(engine)
+    assert out == [1, -1], "the connection was not given back"
+    engine.dispose()

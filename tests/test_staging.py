@@ -282,3 +282,105 @@ def test_a_did_that_would_leave_the_exports_folder_is_refused(archive: Archive, 
         f"skyarchive: error: --did {did!r} cannot name a folder inside the exports folder; nothing was exported"
     )
     assert sorted(archive.root.rglob("*")) == before
+
+
+# -- races, each forced where it can happen -----------------------------------------------------------
+
+
+def test_a_lock_that_cannot_be_taken_for_another_reason_leaves_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No locks on this filesystem (ENOLCK, say an NFS mount without lockd): cleanup leaves everything alone."""
+    stale = tmp_path / stale_name(0, "0" * 16)
+    stale.mkdir()
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(staging.fcntl, "flock", no_locks)
+    assert staging.remove_stale_staging(tmp_path) == [] and stale.is_dir()
+
+
+@pytest.mark.parametrize("race", ["removed", "replaced"])
+def test_a_directory_removed_or_replaced_while_it_is_locked_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: str
+) -> None:
+    stale = tmp_path / stale_name(0, "0" * 16)
+    stale.mkdir()
+    real_flock = staging.fcntl.flock
+
+    def flock_then_race(fd: int, operation: int) -> None:
+        real_flock(fd, operation)
+        os.rename(stale, tmp_path / "moved")
+        if race == "replaced":
+            stale.mkdir()
+
+    monkeypatch.setattr(staging.fcntl, "flock", flock_then_race)
+    assert staging.remove_stale_staging(tmp_path) == []
+    assert (tmp_path / "moved").is_dir() and stale.is_dir() == (race == "replaced")
+
+
+def test_a_staging_directory_taken_away_before_it_was_locked_gets_a_new_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between mkdir and lock another export may take a fresh staging directory for stale: start again."""
+    names = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(staging.secrets, "token_hex", lambda n: next(names))
+    real_lock = staging._lock
+
+    def lock(path: Path) -> int | None:
+        if path.name.endswith("a" * 16):
+            path.rmdir()  # the other export removed it
+        return real_lock(path)
+
+    monkeypatch.setattr(staging, "_lock", lock)
+    made = staging.Staging.create(tmp_path / "did" / "2025-01-01_00-00-00")
+    assert made.path.name == ".2025-01-01_00-00-00.staging-" + "b" * 16 and made.path.is_dir()
+    assert sorted(p.name for p in made.path.parent.iterdir()) == [made.path.name]
+    made.release()
+
+
+def test_cleanup_of_a_folder_that_is_gone_or_emptied_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert staging.remove_stale_staging(tmp_path / "missing") == []
+    stale = tmp_path / stale_name(0, "0" * 16)
+    stale.mkdir()
+    real_rmtree = staging.shutil.rmtree
+
+    def another_got_there_first(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_rmtree(path)
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(staging.shutil, "rmtree", another_got_there_first)
+    assert staging.remove_stale_staging(tmp_path) == [stale] and not stale.exists()
+
+
+def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    def eio(fd: int) -> int:
+        ctypes.set_errno(5)
+        return -1
+
+    monkeypatch.setattr(staging, "_syncfs", eio)
+    with pytest.raises(OSError, match="Input/output error") as info:
+        staging.sync_tree(tmp_path)
+    assert info.value.filename == str(tmp_path)
+
+
+def test_without_renameat2_an_existing_target_is_still_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels or filesystems without RENAME_NOREPLACE (EINVAL, ENOSYS): check, then rename."""
+    import ctypes
+
+    def unsupported(*args: Any) -> int:
+        ctypes.set_errno(22)
+        return -1
+
+    monkeypatch.setattr(staging, "_renameat2", unsupported)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError):
+        staging.rename_noreplace(tmp_path / "a", tmp_path / "taken")
+    staging.rename_noreplace(tmp_path / "a", tmp_path / "free")
+    assert (tmp_path / "free").is_dir() and not (tmp_path / "a").exists()

@@ -97,8 +97,8 @@ class _Export:
             )
         self.phase = "creating the staging directory"
         self.staging = staging = Staging.create(job.export_dir)
-        self.progress = progress = ProgressReporter(self.channel, total, interval=settings.progress_interval)
-        progress.__enter__()
+        progress = ProgressReporter(self.channel, total, interval=settings.progress_interval)
+        self.progress = progress.__enter__()  # (0, total) reported, the heartbeat started
         if request.media:
             self.phase = "reading the media rows"
             (staging.path / MEDIA_DIR_NAME).mkdir()

@@ -56,8 +56,7 @@ class ProgressReporter:
     def stop(self) -> None:
         """No more reports, from now on."""
         self._stopped.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._thread.join()
 
     def advance(self, count: int) -> None:
         """``count`` more posts are written: report."""
@@ -74,8 +73,6 @@ class ProgressReporter:
 
     def _report(self) -> None:
         with self._lock:
-            if self._stopped.is_set():
-                return
             self._last = time.monotonic()
             self._channel(self.processed, self.total)
 

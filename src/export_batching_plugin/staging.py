@@ -186,7 +186,7 @@ class Staging:
 
     def __init__(self, path: Path, final: Path, fd: int) -> None:
         self.path, self.final = path, final
-        self._fd: int | None = fd
+        self._fd = fd
         self._inode = os.fstat(fd).st_ino
 
     @classmethod
@@ -229,7 +229,5 @@ class Staging:
         return error
 
     def release(self) -> None:
-        """Drop the lock (once published, or removed)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Drop the lock: once, when the staging directory is published or removed."""
+        os.close(self._fd)

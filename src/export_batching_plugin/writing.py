@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -33,7 +34,7 @@ _BUFFER = 1 << 20
 Sink = Callable[[Any], None]
 
 
-class PostsWriter:
+class PostsWriter(ABC):
     """What both writers share: the file, ending it, syncing it, closing it after a failure."""
 
     def __init__(self, path: Path, sink: Sink | None = None) -> None:
@@ -57,8 +58,9 @@ class PostsWriter:
                 exc.filename = str(self.path)
             raise
 
+    @abstractmethod
     def write_batch(self, batch: Batch) -> None:
-        raise NotImplementedError
+        """Write one batch's posts."""
 
     def end(self) -> None:
         """After the last batch: write what closes the file, and flush it."""
