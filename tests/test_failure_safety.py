@@ -79,19 +79,14 @@ class Fault:
         return operation
 
 
-class FaultyFetch:
-    def __init__(self, fetchmany: Callable[..., Any]) -> None:
-        self.fetchmany = fetchmany
+class FaultyStream:
+    def __init__(self, stream: Any, fault: Fault) -> None:
+        self.fetchmany, self.close = fault.wrap(stream.fetchmany), stream.close
 
 
-def faulty_execute(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
-    """Wraps reading._execute: the rows it returns fail their fetches through ``fault``."""
-
-    def execute(*args: Any) -> Any:
-        fetch, result = original(*args)
-        return FaultyFetch(fault.wrap(fetch.fetchmany)), result
-
-    return execute
+def faulty_stream(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
+    """Wraps reading.open_stream: the rows it returns fail their fetches through ``fault``."""
+    return lambda *args, **kwargs: FaultyStream(original(*args, **kwargs), fault)
 
 
 def same(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
@@ -107,7 +102,7 @@ LOST = r"\(builtins.Exception\) server closed the connection unexpectedly"
 # (owner, attribute, error, how to wrap, what the error must say): each is one kind of operation of the batched path.
 OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[..., Any], str]] = {
     "read media rows": (batched, "read_media_rows", connection_lost, same, rf"reading the media rows failed: {LOST}"),
-    "fetch posts": (reading, "_execute", connection_lost, faulty_execute, rf"{READ_BATCH} failed: {LOST}"),
+    "fetch posts": (reading, "open_stream", connection_lost, faulty_stream, rf"{READ_BATCH} failed: {LOST}"),
     "write posts": (writing.JsonWriter, "write_batch", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected"),
     "finish posts": (writing.JsonWriter, "end", enospc, same, r"finishing posts\.json failed: disk full: injected"),
     "copy media": (host, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def test_an_interrupt_while_a_copy_waits_on_storage_does_not_hang(
     monkeypatch.setattr(media.MediaCopier.abort, "__kwdefaults__", {"timeout": 0.5})
 
     def interrupt(done: int, total: int) -> None:
-        if done == total:
+        if done == total and threading.current_thread() is threading.main_thread():
             time.sleep(0.2)  # the worker is blocked opening the FIFO by now
             raise KeyboardInterrupt
 

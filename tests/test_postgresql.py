@@ -6,8 +6,11 @@ server fails these tests; elsewhere they skip with the reason.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,8 +33,8 @@ from export_batching_plugin.batched import ExportFailed
 
 from .conftest import Archive
 from .differential import STAMPS, fill, posts, run_both
-from .harness import export
-from .postgres import pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
+from .harness import export, insert_rows, post_row
+from .postgres import DRIVER, pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
 
 pytestmark = pytest.mark.postgresql
 
@@ -146,7 +149,12 @@ def test_connection_killed_mid_export_fails_cleanly(engine: Engine, pg_url: str,
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250}, listener=kill)
     assert killed and killed[0] >= 1
     assert isinstance(outcome.error, ExportFailed), outcome.error
-    assert "reading batch 3 (posts 501-750) failed" in str(outcome.error), str(outcome.error)
+    # The batches are read one ahead of the writing (prefetched): the one being read when the session ended.
+    failed = re.fullmatch(r"reading batch (\d) \(posts (\d+)-(\d+)\) failed: \((\S+)\) (.*)", str(outcome.error))
+    assert failed is not None, str(outcome.error)
+    number, first, last = (int(failed[n]) for n in (1, 2, 3))
+    assert 3 <= number <= 5 and (first, last) == (250 * number - 249, 250 * number)
+    assert failed[4] in ("psycopg.errors.AdminShutdown", "psycopg2.errors.AdminShutdown", "psycopg2.OperationalError")
     assert list(tmp_path.rglob("*.staging-*")) == [] and list(tmp_path.rglob("manifest.json")) == []
     assert outcome.job is not None and outcome.job.status == "failed"
 
@@ -257,6 +265,103 @@ def test_an_autocommit_engine_still_gets_one_snapshot(engine: Engine, tmp_path: 
     autocommit.dispose()
     assert during.error is None, during.error
     assert during.posts_bytes == before.posts_bytes
+
+
+# -- CSV from PostgreSQL's own CSV writer (COPY), psycopg 3 ----------------------------------------
+
+pg_text = st.text(
+    st.one_of(
+        st.sampled_from(list(",\"\r\n \t\x0b\x0c\x85\u2028\ufeff\\'#;ab")),
+        st.characters(codec="utf-8", exclude_characters="\x00"),  # PostgreSQL text: UTF-8, no NUL
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(values=st.lists(pg_text, min_size=1, max_size=6))
+def test_postgresql_quotes_csv_as_csv_writer_does(engine: Engine, values: list[str]) -> None:
+    """What the COPY path relies on: NULLIF(v, '') in a CSV row, as PostgreSQL writes it, is csv.writer's v."""
+    copied = io.BytesIO()
+    query = "COPY (SELECT NULLIF(v, ''), 'x' FROM t ORDER BY id) TO STDOUT (FORMAT csv)"
+    with engine.connect() as conn, conn.begin() as transaction:
+        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("CREATE TEMP TABLE t (id int, v text)")
+        for n, value in enumerate(values):
+            cursor.execute("INSERT INTO t VALUES (%(n)s, %(v)s)", {"n": n, "v": value})
+        if DRIVER == "psycopg2":
+            cursor.copy_expert(query, copied)
+        else:
+            with cursor.copy(query) as copy:
+                for data in copy:
+                    copied.write(bytes(data))
+        transaction.rollback()
+    lines = []
+    for value in values:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow([value, "x"])
+        lines.append(buffer.getvalue())
+    # PostgreSQL ends its lines with \n, csv.writer with \r\n (the COPY path puts \r\n back)
+    assert copied.getvalue() == "".join(line.removesuffix("\r\n") + "\n" for line in lines).encode("utf-8")
+
+
+HOSTILE = [
+    {"cid": "c\n", "text": 'a,"b"\r\nc', "reply_parent": "x,y", "embed_type": 'e"t',
+     "indexed_at": "", "embed_data": '{"images": [{"fullsize": "x/h,\\"1@j"}], "external": {"thumb": "y/t\\n"}}',
+     "labels": '[{"val": "a,b"}, {"val": "c\\"d"}]'},
+    {"text": "", "indexed_at": 'i,"x"', "embed_type": "", "labels": '[{"val": ""}]'},
+    {"text": None, "embed_data": "{}", "labels": None, "like_count": 2**31 - 1},
+    {"text": "é 😀 \u2028", "embed_data": '{"images": [{"fullsize": "a/é😀@x"}]}'},
+    {"embed_data": '{"external": {"thumb": "t/x"}}', "labels": '"not a list"', "embed_type": "z"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [None, "", "{not json"], ids=["valid", "empty embed", "invalid embed"])
+def test_the_csv_path_of_postgresql_equals_the_host(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str | None
+) -> None:
+    """Hostile values in every column the COPY path writes, MediaFiles and Labels put in; or the host's error."""
+    from export_batching_plugin import pgcopy
+
+    used: list[bool] = []
+    original = pgcopy.copy_lines_encoder
+    monkeypatch.setattr(pgcopy, "copy_lines_encoder", lambda *a: used.append(True) or original(*a))
+    templates = [dict(row) for row in HOSTILE]
+    if bad is not None:
+        templates[2]["embed_data"] = bad
+    fill(engine, templates, 40, spread=True)
+    insert_rows(engine, [post_row(99, **HOSTILE[0], uri='at://u,"1"\r\n')])
+    run_both(engine, tmp_path, batch_size=7, format="csv")
+    assert used == ([True] if DRIVER == "psycopg" else []), "COPY is for psycopg 3; psycopg2 reads tuples"
+
+
+@pytest.mark.parametrize("format", ["csv", "json"])
+def test_a_failure_while_streaming_leaves_the_connection_clean(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, format: str
+) -> None:
+    """A write failure mid-export stops the COPY (or the prefetching reader) and rolls back without noise."""
+    from export_batching_plugin import writing
+
+    fill(engine, [{"text": "x"}], 3000, spread=True)
+    calls: list[int] = []
+    original = writing.PostsWriter._write
+
+    def fails(self: Any, data: Any) -> None:
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device", str(self.path))
+        original(self, data)
+
+    monkeypatch.setattr(writing.PostsWriter, "_write", fails)
+    outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 100}, format=format)
+    assert isinstance(outcome.error, ExportFailed) and "disk full" in str(outcome.error)
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    assert list(tmp_path.rglob("*.staging-*")) == []
+    monkeypatch.setattr(writing.PostsWriter, "_write", original)
+    again = export(engine, tmp_path / "again", settings={"threshold": 0, "batch_size": 100}, format=format)
+    assert again.error is None, again.error
 
 
 # -- memory: the server-side cursor keeps the client flat ---------------------------------------

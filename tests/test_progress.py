@@ -227,3 +227,34 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
     expected = "skyarchive: WARNING: export_batching: all 300 posts written; copying media files: 0 of 1 done"
     assert set(status) == {expected}, status
     assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
+
+
+def test_a_listener_failing_on_the_heartbeat_fails_the_export(engine: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """The host's listener raising on the heartbeat's thread fails the export as it would on the export's own."""
+    import threading
+
+    original = writing.JsonWriter.write_batch
+
+    def slow(self: writing.JsonWriter, batch: Any) -> None:
+        time.sleep(0.3)
+        original(self, batch)
+
+    def listener(done: int, total: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("the display went away")
+
+    monkeypatch.setattr(writing.JsonWriter, "write_batch", slow)
+    outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.1}, listener=listener)
+    assert outcome.error is not None and "the display went away" in str(outcome.error)
+    assert outcome.job is not None and outcome.job.status == "failed"
+
+
+def test_no_repeat_at_100_percent(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console prints every report at 100%: while the export finishes, the count is not repeated."""
+    from export_batching_plugin import batched
+
+    real_sync = batched.sync_tree
+    monkeypatch.setattr(batched, "sync_tree", lambda root: (time.sleep(0.4), real_sync(root)))
+    outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.1})
+    assert outcome.error is None
+    assert outcome.events.count((35, 35)) == 1, outcome.events

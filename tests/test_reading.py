@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,24 @@ def test_a_snapshot_that_cannot_begin_gives_its_connection_back(
         Snapshot.open(engine)
     assert out == [1, -1], "the connection was not given back"
     engine.dispose()
+
+
+@pytest.mark.parametrize(("mine", "others", "hinted"), [(30, 10, True), (10, 10, True), (10, 30, False)])
+def test_sqlite_walks_the_date_index_when_the_selection_is_most_of_the_archive(
+    tmp_path: Path, mine: int, others: int, hinted: bool
+) -> None:
+    """``+posts.did``: the same rows in the same order, without sorting the whole selection first."""
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(mine)] + [post_row(n, did="did:plc:other") for n in range(others)])
+    seen: list[str] = []
+    event.listen(engine, "connect", lambda dbapi_conn, record: dbapi_conn.set_trace_callback(seen.append))
+    engine.dispose()
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 7})
+    alone = export(engine, tmp_path / "host", settings=None)
+    engine.dispose()
+    assert outcome.posts_bytes == alone.posts_bytes
+    query = next(s for s in seen if "ORDER BY" in s and "JOIN" not in s)  # the plugin's, the first export
+    assert ("+posts.did" in query) is hinted, query
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+    assert ("idx_posts_created_at" in plan) is hinted, plan

@@ -6,12 +6,15 @@ import errno
 import logging
 import os
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
-from . import __version__
+from sqlalchemy.engine import Connection
+
+from . import __version__, pgcopy
 from .checksums import SUMS_NAME, StreamDigest, file_digest, write_sums
 from .config import Settings
-from .encoding import make_encoders
+from .encoding import Encoders, make_encoders
 from .host import (
     MANIFEST_NAME,
     MEDIA_DIR_NAME,
@@ -24,9 +27,17 @@ from .host import (
 )
 from .media import MediaCopier
 from .progress import Channel, ProgressReporter
-from .reading import Batch, Snapshot, count_selection, read_batches, read_media_rows
+from .reading import (
+    Batch,
+    Snapshot,
+    count_archive,
+    count_selection,
+    read_batches,
+    read_copy_batches,
+    read_media_rows,
+)
 from .staging import Staging, fsync_directory, sync_tree
-from .writing import PostsWriter, open_writer
+from .writing import CsvWriter, PostsWriter, Sink, open_writer
 
 log = logging.getLogger("export_batching_plugin")
 EXPORTER = f"export_batching {__version__}"
@@ -113,10 +124,8 @@ class _Export:
         if settings.checksums:
             self.digest = StreamDigest()
         sink = self.digest.update if self.digest is not None else None
-        self.writer = writer = open_writer(request.format, staging.path / POSTS_FILE[request.format], encoders, sink)
-        self.batches = batches = read_batches(
-            conn, request, batch_size=settings.batch_size, max_batch_bytes=settings.max_batch_bytes, expected=total
-        )
+        self.batches, self.writer = self._posts(conn, total, encoders, staging.path / POSTS_FILE[request.format], sink)
+        batches, writer = self.batches, self.writer
         number = 0
         while True:
             self.phase = self._reading(number + 1, progress.processed, total)
@@ -162,6 +171,21 @@ class _Export:
         self.phase = "syncing to disk"
         sync_tree(staging.path)
         return True
+
+    def _posts(
+        self, conn: Connection, total: int, encoders: Encoders, path: Path, sink: Sink | None
+    ) -> tuple[Generator[Batch, None, None], PostsWriter]:
+        """The stream of the posts' batches, and the writer of the posts file."""
+        request, settings = self.job.request, self.settings
+        sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
+        if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
+            stmt = pgcopy.copy_query(request, with_labels=encoders.csv_header[-1:] == ("Labels",))
+            encode = pgcopy.copy_lines_encoder(*encoders.fields)
+            return read_copy_batches(conn, stmt, **sizes), CsvWriter(path, encoders.csv_header, encode, sink)
+        in_date_order = conn.dialect.name == "sqlite" and 2 * total >= count_archive(conn)  # most of the archive
+        return read_batches(conn, request, in_date_order=in_date_order, **sizes), open_writer(
+            request.format, path, encoders, sink
+        )
 
     def _reading(self, number: int, processed: int, total: int) -> str:
         if processed >= total:
@@ -212,7 +236,11 @@ class _Export:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return f"disk full{where}"
             return f"{exc.strerror or exc}{where}"
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        driver_error = getattr(self.job.engine.dialect.dbapi, "Error", None)
+        if isinstance(driver_error, type) and isinstance(exc, driver_error):  # as SQLAlchemy shows it
+            return f"({type(exc).__module__}.{type(exc).__qualname__}) {first}"
+        return first
 
     def _user_path(self, filename: Any) -> str:
         """``filename`` with the hidden staging directory shown as the export directory it was to become."""

@@ -15,8 +15,10 @@ plugin reads plain row tuples, which are cheaper, and encodes them here:
   does not promise: a REAL or TEXT in an INTEGER column), or more than
   ``LARGE_RECORD`` of stored text, and any run orjson refuses, is encoded
   with simplejson, as the host encodes it.
-- CSV: the row ``csv_row`` builds, with the host's own ``media_hashes`` and
-  ``label_values``.
+- CSV: the fields ``csv_row`` builds, with the host's own ``media_hashes`` and
+  ``label_values`` (embeds parsed with orjson where that gives the same fields,
+  :func:`fields_of`), written as lines without csv.writer but byte-identical to
+  it (:mod:`.csvlines`).
 
 Before the fast encoders are used, :func:`self_check` runs them and the
 host's own functions on a fixed set of hostile rows (every column, every
@@ -38,16 +40,16 @@ from functools import partial
 from typing import Any
 
 import simplejson
-from orjson import OPT_INDENT_2
+from orjson import OPT_INDENT_2, JSONDecodeError
 from orjson import dumps as _dumps
+from orjson import loads as _loads
 
 from . import host
+from .csvlines import Field, LinesEncoder, posts_csv_encoder
 
 #: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
 #: views, so that only one piece is in memory and nothing is copied.
 BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[memoryview]]
-#: Rows -> the posts.csv rows (lists of values, as the host's ``csv_row`` returns them).
-CsvRows = Callable[[Sequence[Sequence[Any]]], list[list[Any]]]
 #: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
 RUN_BYTES = 1 << 20
 #: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
@@ -138,34 +140,51 @@ def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
     return encode
 
 
-def csv_rows_builder(per_post: host.PerPost) -> CsvRows:
-    """Build posts.csv rows from rows in POST_COLUMNS order, as the host's ``csv_row`` does.
+def fields_of(per_post: host.PerPost) -> tuple[Field, Field]:
+    """``(media_of, labels_of)``: the MediaFiles and Labels fields of a post, as the host computes them.
 
-    Uses the host's own ``media_hashes`` and, where the header has ``Labels``, ``label_values``.
+    The host computes ``";".join(media_hashes(simplejson.loads(embed_data)))``. Here the embed is parsed
+    with orjson (half the time), and on any orjson error with simplejson, which then decides (a document
+    orjson refuses but simplejson takes: NaN, a lone surrogate, a BOM, 1e400; or the host's error).
+    ``media_hashes`` keeps only ``str`` values, on which the two parsers agree, as on lists, objects and
+    duplicate keys (the last wins); they differ only on numbers (orjson makes integers beyond 64 bits
+    floats), which it ignores. Labels: ``str(label["val"])`` shows numbers, so orjson's parse is used
+    only when every ``val`` is a str (or missing).
     """
-    parse = _Parser()
-    with_labels = per_post.csv_header[-1:] == ("Labels",)
     media_hashes, label_values = per_post.media_hashes, per_post.label_values
-    if media_hashes is None or (with_labels and label_values is None):
+    if media_hashes is None or (per_post.csv_header[-1:] == ("Labels",) and label_values is None):
         raise ValueError("the host has no media_hashes/label_values")
+    parse = _Parser()
 
-    def build(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-        out = []
-        for (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
-             reply_parent, embed_type, embed_data, labels, _archived_at) in rows:  # fmt: skip
-            media = "" if embed_data is None else ";".join(media_hashes(parse(embed_data, "embed_data", uri)))
-            # None and "" are both written as an empty field; the csv module is faster with "".
-            row = [
-                uri, cid, did, "" if text is None else text, created_at, likes, reposts, replies, quotes,
-                "true" if is_reply else "false", "" if reply_parent is None else reply_parent,
-                "true" if has_media else "false", media, "" if embed_type is None else embed_type, indexed_at,
-            ]  # fmt: skip
-            if label_values is not None and with_labels:
-                row.append("" if labels is None else ";".join(label_values(parse(labels, "labels", uri))))
-            out.append(row)
-        return out
+    def media_of(embed_data: Any, uri: Any) -> str:
+        try:
+            embed = _loads(embed_data)
+        except (JSONDecodeError, TypeError):  # TypeError: not str or bytes (a number in a TEXT column)
+            embed = parse(embed_data, "embed_data", uri)
+        return ";".join(media_hashes(embed))
 
-    return build
+    def labels_of(labels: Any, uri: Any) -> str:
+        assert label_values is not None
+        try:
+            parsed = _loads(labels)
+        except (JSONDecodeError, TypeError):
+            parsed = None
+        else:
+            if isinstance(parsed, list) and all(
+                not isinstance(label, dict) or label.get("val") is None or isinstance(label["val"], str)
+                for label in parsed
+            ):
+                return ";".join(label_values(parsed))
+        return ";".join(label_values(parse(labels, "labels", uri)))
+
+    return media_of, labels_of
+
+
+def csv_lines_encoder(per_post: host.PerPost) -> LinesEncoder:
+    """The fast posts.csv lines (:mod:`.csvlines`) with the host's own ``media_hashes``/``label_values``."""
+    media_of, labels_of = fields_of(per_post)
+    with_labels = per_post.csv_header[-1:] == ("Labels",)
+    return posts_csv_encoder(with_labels=with_labels, media_of=media_of, labels_of=labels_of)
 
 
 def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
@@ -179,10 +198,19 @@ def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
     return encode
 
 
-def host_csv_rows(per_post: host.PerPost) -> CsvRows:
-    """The host's own per-post code: ``csv_row``."""
+def host_csv_lines(per_post: host.PerPost) -> LinesEncoder:
+    """The host's own per-post code: ``csv_row``, written by csv.writer."""
     csv_row = per_post.csv_row
-    return lambda rows: [csv_row(_Post._make(row)) for row in rows]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def encode(rows: Sequence[Sequence[Any]]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(csv_row(_Post._make(row)) for row in rows)
+        return buffer.getvalue()
+
+    return encode
 
 
 @dataclass(frozen=True)
@@ -190,8 +218,10 @@ class Encoders:
     """The per-post encoders of one export, and the header they go with."""
 
     json: BatchEncoder
-    csv: CsvRows
+    csv: LinesEncoder
     csv_header: tuple[str, ...]
+    #: The fast path's ``(media_of, labels_of)``; None when the host's own functions are used.
+    fields: tuple[Field, Field] | None = None
     #: Why the fast encoders are not used, or None when they are.
     fallback_reason: str | None = None
 
@@ -205,12 +235,12 @@ def make_encoders() -> Encoders:
         reason = f"its posts.csv header is {', '.join(header)}"
     else:
         try:
-            reason = self_check(per_post, json_batch_encoder(per_post), csv_rows_builder(per_post))
+            reason = self_check(per_post, json_batch_encoder(per_post), csv_lines_encoder(per_post))
         except ValueError as exc:
             reason = str(exc)
     if reason is None:
-        return Encoders(json_batch_encoder(per_post), csv_rows_builder(per_post), header)
-    return Encoders(host_json_encoder(per_post), host_csv_rows(per_post), header, fallback_reason=reason)
+        return Encoders(json_batch_encoder(per_post), csv_lines_encoder(per_post), header, fields_of(per_post))
+    return Encoders(host_json_encoder(per_post), host_csv_lines(per_post), header, fallback_reason=reason)
 
 
 # -- the self-check ---------------------------------------------------------------------------------
@@ -230,6 +260,8 @@ PROBES: tuple[dict[str, Any], ...] = (
     {"text": 'a "quote", a comma\nLF\r\nCRLF\rCR'},
     {"text": None, "reply_parent": "", "embed_type": ""},
     {"text": ""},
+    {"text": "cr\ronly"},
+    {"text": "lf\nonly", "reply_parent": "at://r"},
     {"text": "\x00\x07\x1f\x7f \u2028\u2029 👩‍👩‍👧 \U0001f600 é \ud7ff"},
     {"text": "  spaced  ", "reply_parent": "at://x/y,z", "embed_type": "images"},
     {"text": "007", "uri": 'at://did:plc:probe/"q",c', "cid": "1e5", "did": "did:plc:probe"},
@@ -294,16 +326,10 @@ def _outcome(produce: Callable[[], bytes]) -> bytes | str:
         return f"raises {type(exc).__name__}"
 
 
-def _csv_text(rows: list[list[Any]]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
-    return buffer.getvalue().encode("utf-8")
-
-
-def self_check(per_post: host.PerPost, encode_json: BatchEncoder, build_csv: CsvRows) -> str | None:
+def self_check(per_post: host.PerPost, encode_json: BatchEncoder, encode_csv: LinesEncoder) -> str | None:
     """None when the fast encoders give the host's bytes on every probe row; else what differed."""
     whole = simplejson.JSONEncoder(**per_post.json_options).encode
-    host_rows = host_csv_rows(per_post)
+    host_lines = host_csv_lines(per_post)
 
     def host_json(rows: list[tuple[Any, ...]]) -> bytes:
         return whole([per_post.post_record(_Post._make(row)) for row in rows]).encode("utf-8")
@@ -314,19 +340,20 @@ def self_check(per_post: host.PerPost, encode_json: BatchEncoder, build_csv: Csv
         return b"[\n" + items + b"\n]" if items else b"[]"
 
     def host_csv(rows: list[tuple[Any, ...]]) -> bytes:
-        return _csv_text(host_rows(rows))
+        return host_lines(rows).encode("utf-8")
 
     def fast_csv(rows: list[tuple[Any, ...]]) -> bytes:
-        return _csv_text(build_csv(rows))
+        return encode_csv(rows).encode("utf-8")
 
     rows = probe_rows()
     for row in rows:
         for what, expected, actual in (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv)):
             if _outcome(partial(expected, [row])) != _outcome(partial(actual, [row])):
                 return f"{what} differs on the self-check's row {row[0]!r}"
-    good = [row for row in rows if isinstance(_outcome(partial(host_json, [row])), bytes)]
-    if _outcome(partial(host_json, good)) != _outcome(partial(fast_json, good)):
-        return "posts.json differs on the self-check's rows together"
+    for what, expected, actual in (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv)):
+        good = [row for row in rows if isinstance(_outcome(partial(expected, [row])), bytes)]
+        if _outcome(partial(expected, good)) != _outcome(partial(actual, good)):
+            return f"{what} differs on the self-check's rows together"
     return None
 
 

@@ -16,6 +16,8 @@ plain lines, at most one per 5 s, and always when ``processed`` reaches
   saying what is being done (``export_batching: … syncing 10,210 media files``).
 
 Nothing is reported once the export has stopped (:meth:`ProgressReporter.stop`).
+If the host's channel raises on the heartbeat's thread, the heartbeat stops and
+the export's next report raises the same exception, as it would have there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ProgressReporter:
         self._stopped = threading.Event()
         self._last = 0.0  # when the channel was last called
         self._status: Callable[[], str] | None = None  # set in the finishing phase
+        self._failure: BaseException | None = None  # what the channel raised on the heartbeat's thread
         self._thread = threading.Thread(target=self._heartbeat, name="export-progress", daemon=True)
 
     def __enter__(self) -> ProgressReporter:
@@ -73,6 +76,8 @@ class ProgressReporter:
 
     def _report(self) -> None:
         with self._lock:
+            if self._failure is not None:  # the channel failed on the heartbeat's thread: it fails here too
+                raise self._failure
             self._last = time.monotonic()
             self._channel(self.processed, self.total)
 
@@ -82,10 +87,15 @@ class ProgressReporter:
                 if self._stopped.is_set():
                     return
                 now = time.monotonic()
-                if self._status is None:
-                    if now - self._last >= self.tick:
+                try:
+                    if self._status is None:
+                        # 100% is printed at once by a console; a repeat would print again
+                        if now - self._last >= self.tick and self.processed < self.total:
+                            self._last = now
+                            self._channel(self.processed, self.total)
+                    elif now - self._last >= self.interval - self.tick:
                         self._last = now
-                        self._channel(self.processed, self.total)
-                elif now - self._last >= self.interval - self.tick:
-                    self._last = now
-                    log.warning("export_batching: %s", self._status())
+                        log.warning("export_batching: %s", self._status())
+                except BaseException as exc:  # the host's listener raised: the export's own thread raises it
+                    self._failure = exc
+                    return

@@ -8,13 +8,18 @@ snapshot is held only while rows are read (:meth:`Snapshot.end`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Generator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import Select
 
 from .host import POST_COLUMNS, POST_ORDER, ExportRequest, media_table, posts_table, selection_criteria
@@ -23,8 +28,9 @@ log = logging.getLogger("export_batching_plugin")
 
 #: Stored columns whose size can be large; they make up a row's size for the byte budget.
 _TEXT, _EMBED, _LABELS = (POST_COLUMNS.index(name) for name in ("text", "embed_data", "labels"))
-#: Drivers whose own cursor the rows are fetched from (see :func:`_execute`); measured on each.
+#: Drivers whose rows are fetched as plain tuples (see :func:`open_stream`); measured on each.
 RAW_CURSOR_DRIVERS = frozenset({"pysqlite"})
+SERVER_CURSOR_DRIVERS = frozenset({"psycopg", "psycopg2"})
 
 
 @dataclass(frozen=True)
@@ -107,32 +113,92 @@ def count_selection(conn: Connection, request: ExportRequest) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
-def _execute(conn: Connection, stmt: Select[Any], batch_size: int) -> tuple[Any, CursorResult[Any]]:
-    """Execute ``stmt`` for streaming; return what to call ``fetchmany`` on, and the result to close.
+class Stream(Protocol):
+    """The rows of one executed query: ``fetchmany(n)`` until it returns nothing, then ``close()``."""
 
-    The statement always goes through SQLAlchemy (compiled by the dialect,
-    with the engine's events). With pysqlite, rows are then fetched from the
-    result's own DBAPI cursor, which steps through the result as rows are
-    fetched and returns plain tuples, skipping SQLAlchemy's row objects
-    (fetching 100k posts, measured under load: 1.34 s as row objects, 0.79 s as
-    tuples); the values are the same, as pysqlite's result has no processors
-    that matter here (Boolean's turns 0/1 into False/True, and the encoders
-    take ``bool()`` of the flags either way). Elsewhere, SQLAlchemy's rows,
-    with ``stream_results``: a server-side cursor.
+    def fetchmany(self, size: int, /) -> Sequence[Any]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Rows:
+    fetchmany: Callable[[int], Sequence[Any]]
+    close: Callable[[], None]
+
+
+def open_stream(conn: Connection, stmt: Select[Any], *, batch_size: int) -> Stream:
+    """Execute ``stmt`` for streaming, on the snapshot's connection.
+
+    - pysqlite: through SQLAlchemy (compiled by the dialect, with the engine's events), then rows are
+      fetched from the result's own DBAPI cursor, which steps through the result as rows are fetched and
+      returns plain tuples, skipping SQLAlchemy's row objects (fetching 100k posts, measured under load:
+      1.34 s as row objects, 0.79 s as tuples). The values are the same: the only processor pysqlite's
+      result would apply here, Boolean's, turns 0/1 into False/True, and the encoders take ``bool()``.
+    - psycopg 3, psycopg2: a server-side (named) cursor of the driver's own, on the snapshot's
+      connection, executed with the statement SQLAlchemy compiles: tuples again, ``FETCH n`` per
+      ``fetchmany``, never the whole result client side. (SQLAlchemy's ``stream_results`` reads a row
+      into a buffer of its own on execution, so its DBAPI cursor cannot be read directly.) Measured,
+      100k posts to JSON, whole process: 1.40 s against 1.48 s with SQLAlchemy's rows; with the fetches
+      on a reader thread (:func:`prefetched`) 1.14 s.
+    - any other driver: SQLAlchemy's rows, with ``stream_results``.
     """
-    if conn.dialect.driver in RAW_CURSOR_DRIVERS:
+    driver = conn.dialect.driver
+    if driver in RAW_CURSOR_DRIVERS:
         result = conn.execute(stmt)
-        return result.cursor, result
-    result = conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
-    return result, result
+        return _Rows(result.cursor.fetchmany, result.close)
+    if driver in SERVER_CURSOR_DRIVERS:
+        compiled = stmt.compile(dialect=conn.dialect)
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor(name=f"export_batching_{secrets.token_hex(4)}")
+        cursor.execute(compiled.string, compiled.params)
+        return _Rows(cursor.fetchmany, cursor.close)
+    streamed = conn.execution_options(stream_results=True, max_row_buffer=batch_size).execute(stmt)
+    return _Rows(streamed.fetchmany, streamed.close)
 
 
-def _posts_query(request: ExportRequest) -> Select[Any]:
-    return select(*posts_table.columns).where(*selection_criteria(request)).order_by(*POST_ORDER)
+def count_archive(conn: Connection) -> int:
+    """How many posts the archive holds (all owners)."""
+    return int(conn.execute(select(func.count()).select_from(posts_table)).scalar_one())
+
+
+def _in_date_order(criteria: list[Any]) -> list[Any]:
+    """The criteria with ``posts.did = :did`` written ``+posts.did = :did`` (SQLite), or unchanged.
+
+    The same rows, in the same order; the unary ``+`` only keeps SQLite from using ``idx_posts_did``, so it
+    walks ``idx_posts_created_at`` in the export's order and sorts only ties on ``uri``, instead of sorting
+    the whole selection before the first row comes (fetching 100k posts: 0.32 s against 0.38 s; a whole
+    1M-post CSV export 7.7 s against 9.1 s, measured). Only worth it when the selection is most of the
+    archive: otherwise it walks the other owners' posts too.
+    """
+
+    def is_did(criterion: Any) -> bool:
+        left = getattr(criterion, "left", None)
+        return (
+            getattr(criterion, "operator", None) is operators.eq
+            and getattr(left, "key", None) == "did"
+            and (getattr(left, "table", None) is posts_table)
+        )
+
+    if sum(map(is_did, criteria)) != 1:
+        return criteria
+    return [literal_column("+posts.did") == c.right if is_did(c) else c for c in criteria]
+
+
+def _posts_query(request: ExportRequest, in_date_order: bool) -> Select[Any]:
+    criteria = selection_criteria(request)
+    if in_date_order:
+        criteria = _in_date_order(criteria)
+    return select(*posts_table.columns).where(*criteria).order_by(*POST_ORDER)
 
 
 def read_batches(
-    conn: Connection, request: ExportRequest, *, batch_size: int, max_batch_bytes: int, expected: int
+    conn: Connection,
+    request: ExportRequest,
+    *,
+    batch_size: int,
+    max_batch_bytes: int,
+    expected: int,
+    in_date_order: bool = False,
 ) -> Generator[Batch, None, None]:
     """Yield the selection's posts in batches of ``batch_size``, from one streamed query.
 
@@ -141,23 +207,62 @@ def read_batches(
     starts at the whole budget (the first fetch is one row), rises at once to
     any larger row seen and halves after each fetch of smaller ones, so fetch
     sizes double back up after a large post. If the stream ends before
-    ``expected`` posts, a warning is logged and the export ends with what was read.
+    ``expected`` posts, a warning is logged and the export ends with what was read. ``in_date_order``:
+    see :func:`_in_date_order` (SQLite).
     """
-    fetch, result = _execute(conn, _posts_query(request), batch_size)
-    try:
-        offset = yield from _batches(fetch, batch_size=batch_size, max_batch_bytes=max_batch_bytes)
-    finally:
-        result.close()  # also when the consumer stops early: the cursor must not outlive the snapshot
-    if offset < expected:
-        log.warning("export_batching: the selection ended after %d of %d counted posts", offset, expected)
+    query = _posts_query(request, in_date_order)
+    batches = _batches(
+        partial(open_stream, conn, query, batch_size=batch_size),
+        batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
+    )  # fmt: skip
+    if conn.dialect.driver in SERVER_CURSOR_DRIVERS:
+        batches = prefetched(batches)
+    return batches
+
+
+def read_copy_batches(
+    conn: Connection, stmt: Select[Any], *, batch_size: int, max_batch_bytes: int, expected: int
+) -> Generator[Batch, None, None]:
+    """Like :func:`read_batches`, from PostgreSQL's COPY of ``stmt`` (see :mod:`.pgcopy`): rows are bytes."""
+    from .pgcopy import CopyRows
+
+    return _batches(
+        partial(CopyRows, conn, stmt), batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
+        size_of=len,
+    )  # fmt: skip
 
 
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes)) else 0
 
 
-def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator[Batch, None, int]:
-    """The batching of :func:`read_batches`; returns how many posts it yielded."""
+def row_size(row: Sequence[Any]) -> int:
+    """A row's stored size for the byte budget: its text, embed and labels."""
+    return _size(row[_TEXT]) + _size(row[_EMBED]) + _size(row[_LABELS])
+
+
+def _batches(
+    open_: Callable[[], Stream],
+    *,
+    batch_size: int,
+    max_batch_bytes: int,
+    expected: int,
+    size_of: Callable[[Any], int] = row_size,
+) -> Generator[Batch, None, None]:
+    """The batching of :func:`read_batches`: opens the stream when first asked, closes it when done or stopped."""
+    stream = open_()
+    try:
+        offset = yield from _batches_of(stream, batch_size=batch_size, max_batch_bytes=max_batch_bytes, size_of=size_of)
+    finally:
+        stream.close()  # the cursor must not outlive the snapshot
+    if offset < expected:
+        log.warning("export_batching: the selection ended after %d of %d counted posts", offset, expected)
+
+
+def _batches_of(
+    stream: Stream, *, batch_size: int, max_batch_bytes: int, size_of: Callable[[Any], int]
+) -> Generator[Batch, None, int]:
+    """Batches of at most ``batch_size`` rows and about ``max_batch_bytes``; returns how many rows it yielded."""
     estimate = max_batch_bytes  # bytes per row, for sizing the next fetch
     offset = number = 0
     exhausted = False
@@ -167,11 +272,11 @@ def _batches(result: Any, *, batch_size: int, max_batch_bytes: int) -> Generator
         size = 0
         while len(rows) < batch_size and size < max_batch_bytes:
             want = min(batch_size - len(rows), max(1, (max_batch_bytes - size) // max(estimate, 1)))
-            fetched = result.fetchmany(want)
+            fetched = stream.fetchmany(want)
             if not fetched:
                 exhausted = True
                 break
-            sizes = [_size(row[_TEXT]) + _size(row[_EMBED]) + _size(row[_LABELS]) for row in fetched]
+            sizes = [size_of(row) for row in fetched]
             estimate = max(max(sizes), estimate // 2)
             size += sum(sizes)
             rows.extend(fetched)
@@ -194,9 +299,49 @@ def read_media_rows(
         .where(*selection_criteria(request))
         .order_by(*POST_ORDER, media_table.c.hash)
     )
-    fetch, result = _execute(conn, stmt, chunk)
+    stream = open_stream(conn, stmt, batch_size=chunk)
     try:
-        while rows := fetch.fetchmany(chunk):
+        while rows := stream.fetchmany(chunk):
             yield [tuple(row) for row in rows]
     finally:
-        result.close()
+        stream.close()
+
+
+def prefetched(batches: Generator[Batch, None, None]) -> Generator[Batch, None, None]:
+    """``batches``, produced on a reader thread one batch ahead (PostgreSQL).
+
+    The driver lets go of the GIL while it waits for the server, so the server prepares the next
+    batch while this one is encoded and written (measured: 100k posts to JSON, 1.40 s whole process
+    without, 1.14 s with). One batch waits at most: memory stays about twice the byte budget.
+    Errors on the reader thread are raised here, when the batch they stopped is asked for. Closing
+    this generator stops the thread and closes ``batches`` (and its cursor) on it.
+    """
+    handover: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                handover.put(batch)
+                if stop.is_set():
+                    break
+            handover.put(end)
+        except BaseException as exc:  # handed over, raised in the consumer
+            handover.put(exc)
+        finally:
+            batches.close()
+
+    reader = threading.Thread(target=read, name="export-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := handover.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting to hand a batch over
+            with suppress(queue.Empty):
+                handover.get(timeout=0.05)
+        reader.join()

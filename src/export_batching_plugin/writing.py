@@ -20,12 +20,12 @@ import csv
 import io
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .encoding import Encoders
+from .encoding import BatchEncoder, Encoders
 from .reading import Batch
 
 #: Write buffer of the posts file: a batch of typical posts is a few hundred KiB.
@@ -82,9 +82,9 @@ class PostsWriter(ABC):
 class JsonWriter(PostsWriter):
     """posts.json, one batch at a time."""
 
-    def __init__(self, path: Path, encoders: Encoders, sink: Sink | None = None) -> None:
+    def __init__(self, path: Path, encode: BatchEncoder, sink: Sink | None = None) -> None:
         super().__init__(path, sink)
-        self._encode = encoders.json
+        self._encode = encode
         self._separator = b"[\n"
 
     def write_batch(self, batch: Batch) -> None:
@@ -99,27 +99,24 @@ class JsonWriter(PostsWriter):
 
 
 class CsvWriter(PostsWriter):
-    """posts.csv, one batch at a time: each batch formatted in memory, encoded and written at once."""
+    """posts.csv, one batch at a time: each batch's lines encoded and written at once."""
 
-    def __init__(self, path: Path, encoders: Encoders, sink: Sink | None = None) -> None:
+    def __init__(
+        self, path: Path, header: Sequence[str], encode: Callable[[Sequence[Any]], bytes], sink: Sink | None = None
+    ) -> None:
         super().__init__(path, sink)
-        self._build = encoders.csv
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer)  # the host's dialect: excel
-        self._buffer.write("\ufeff")
-        self._writer.writerow(encoders.csv_header)
-        self._flush_buffer()
-
-    def _flush_buffer(self) -> None:
-        self._write(self._buffer.getvalue().encode("utf-8"))
-        self._buffer.seek(0)
-        self._buffer.truncate()
+        self._encode = encode
+        text = io.StringIO()
+        csv.writer(text).writerow(header)  # the host's dialect: excel
+        self._write(("\ufeff" + text.getvalue()).encode("utf-8"))
 
     def write_batch(self, batch: Batch) -> None:
-        self._writer.writerows(self._build(batch.rows))
-        self._flush_buffer()
+        self._write(self._encode(batch.rows))
 
 
 def open_writer(format: str, path: Path, encoders: Encoders, sink: Sink | None = None) -> PostsWriter:
-    """The streaming writer of ``format`` ("json" or "csv"), creating ``path`` exclusively."""
-    return (JsonWriter if format == "json" else CsvWriter)(path, encoders, sink)
+    """The streaming writer of ``format`` ("json" or "csv") with the encoders' lines, creating ``path`` exclusively."""
+    if format == "json":
+        return JsonWriter(path, encoders.json, sink)
+    lines = encoders.csv
+    return CsvWriter(path, encoders.csv_header, lambda rows: lines(rows).encode("utf-8"), sink)
