@@ -10,8 +10,10 @@ a slow disk.
 
 Each file is copied with the host's own ``copy_media_file`` (same names,
 same refusal of paths outside ``media_dir``, same skips of missing files and
-repeated names); the worker then has the kernel start writing it to disk, so
-that the final sync (:func:`.staging.sync_tree`) waits for little. The host copies
+repeated names). The copies are made durable by the export's final sync
+(:func:`.staging.sync_tree`, one ``syncfs``: 0.07 s for 10,000 files here,
+where asking the kernel to start writing each file as it was copied made the
+copying slower than the sync it saved). The host copies
 rows in order and the first row of a file name wins; rows are routed to
 workers by file name, so all rows of one name go to one worker, in order, and
 the same row wins.
@@ -37,10 +39,11 @@ from typing import IO, Any
 
 from . import host
 from .checksums import stream_digest
-from .staging import start_writeback
 
-#: Copying threads: small files are dominated by system calls, which run without the GIL.
-WORKERS = 4
+#: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
+#: in one folder contend for it: copying 10,000 media files took (medians of 6) 4.37 s one after another (as
+#: the host does), 4.81 s on 1 worker, 3.89 s on 2, 4.33 s on 4.
+WORKERS = 2
 _QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
 _MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
@@ -190,11 +193,9 @@ class MediaCopier:
         name = os.path.basename(row.file_path or "")
         try:
             copied = host.copy_media_file(row, self._root, self.dest)
-            if copied:
+            if copied and sums is not None:  # read back from the page cache: the host's function did the copy
                 with open(self.dest / name, "rb") as copy:
-                    start_writeback(copy.fileno())  # the final sync then waits for little
-                    if sums is not None:  # read back from the page cache: the host's function did the copy
-                        pickle.dump((number, stream_digest(copy), name), sums)
+                    pickle.dump((number, stream_digest(copy), name), sums)
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)

@@ -46,9 +46,7 @@ def _libc_function(name: str) -> Callable[..., int] | None:
 
 
 _syncfs = _libc_function("syncfs")
-_sync_file_range = _libc_function("sync_file_range")
 _renameat2 = _libc_function("renameat2")
-_SYNC_FILE_RANGE_WRITE = 2
 
 
 def _lock(path: Path) -> int | None:
@@ -136,15 +134,6 @@ def rename_noreplace(source: Path, target: Path) -> None:
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)
-
-
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s data to disk now, without waiting (Linux; else nothing).
-
-    So that a final :func:`sync_tree` waits for little: the writing overlaps the rest of the export.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)
 
 
 def sync_tree(root: Path) -> None:
