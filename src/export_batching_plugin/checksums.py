@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 SUMS_NAME = "SHA256SUMS"
-_PIECES = 64  # pieces in flight to the hashing thread: each a batch's output (a few hundred KiB) at most
+_CHUNK = 2 << 20
 _BLOCK = 1 << 20
 
 
@@ -60,31 +60,57 @@ def write_sums(path: Path, *entries: Iterable[tuple[str, str]]) -> None:
 class StreamDigest:
     """The sha256 of a stream written piece by piece (:meth:`update`), computed on a thread of its own.
 
-    The pieces must not change once handed over (bytes, or views of bytes).
+    The pieces are copied into one of two buffers of _CHUNK bytes, allocated once; a full buffer goes to
+    the hashing thread, which gives it back once hashed. So each ``update`` of the hashing thread is a
+    large one (it lets go of the GIL, and must wait for it again after each), and no fresh memory is
+    touched for the copies. Measured, 1M posts to JSON, time with checksums over without: 1.11x with
+    every piece handed over, 1.07-1.09x with the pieces joined into fresh 4 MiB chunks, 0.98x with two
+    4 MiB buffers (peak RSS 64.6 MB against 55.7 without); the buffers are 2 MiB (see docs/benchmarks.md).
     """
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
-        self._pieces: queue.Queue[Any] = queue.Queue(_PIECES)
+        self._full: queue.Queue[Any] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(2):
+            self._free.put(bytearray(_CHUNK))
+        self._buffer = self._free.get()
+        self._used = 0
         self._thread = threading.Thread(target=self._run, name="export-sha256", daemon=True)
         self._thread.start()
 
     def update(self, piece: Any) -> None:
-        self._pieces.put(piece)
+        view = memoryview(piece).cast("B")
+        while view:
+            room = _CHUNK - self._used
+            taken = view[:room]
+            self._buffer[self._used : self._used + len(taken)] = taken
+            self._used += len(taken)
+            view = view[len(taken) :]
+            if self._used == _CHUNK:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._full.put((self._buffer, self._used))
+        self._buffer, self._used = self._free.get(), 0
 
     def hexdigest(self) -> str:
         """Once everything is written: the digest."""
-        self._pieces.put(None)
+        self._full.put((self._buffer, self._used))
+        self._full.put(None)
         self._thread.join()
         return self._digest.hexdigest()
 
     def abort(self) -> None:
         """After a failure: stop the thread."""
         if self._thread.is_alive():
-            self._pieces.put(None)
+            self._full.put(None)
             self._thread.join()
 
     def _run(self) -> None:
         update = self._digest.update
-        while (piece := self._pieces.get()) is not None:
-            update(piece)
+        while (chunk := self._full.get()) is not None:
+            buffer, used = chunk
+            with memoryview(buffer) as view:
+                update(view[:used])
+            self._free.put(buffer)
