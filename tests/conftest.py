@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,3 @@ def seeded(archive: Archive) -> Archive:
     """An archive with 300 posts (media every 10th post)."""
     archive.seed(300, "--media-every", "10")
     return archive
-
-
-ExportFn = Callable[..., CliResult]
