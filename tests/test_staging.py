@@ -8,6 +8,7 @@ is never disturbed and that a killed one's leftovers are removed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -299,6 +300,48 @@ def test_a_lock_that_cannot_be_taken_for_another_reason_leaves_the_directory(
 
     monkeypatch.setattr(staging.fcntl, "flock", no_locks)
     assert staging.remove_stale_staging(tmp_path) == [] and stale.is_dir()
+
+
+def test_an_exports_folder_without_locks_still_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No locks there (ENOLCK): the export goes ahead, as with skyarchive alone, and says what it cannot do."""
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(25)])
+    host = export(engine, tmp_path, settings=None)
+    folder = tmp_path / "shared" / "did_plc_owner"
+    folder.mkdir(parents=True)
+    left = folder / stale_name(0, "0" * 16)
+    left.mkdir()
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(staging.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        plugin = export(engine, tmp_path, settings=SETTINGS, folder="shared")
+    assert plugin.error is None and plugin.result is not None
+    assert plugin.posts_bytes == host.posts_bytes and plugin.posts_bytes is not None
+    assert caplog.text.count("does not support file locks") == 1 and f"removed {left}" not in caplog.text
+    assert left.is_dir(), "a staging folder nobody can lock may be a running export's"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, plugin.result.export_dir.name])
+    engine.dispose()
+
+
+def test_a_lock_that_fails_for_another_reason_fails_the_export_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(25)])
+
+    def broken(fd: int, operation: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(staging.fcntl, "flock", broken)
+    outcome = export(engine, tmp_path, settings=SETTINGS, folder="shared")
+    assert outcome.error is not None and "Input/output error" in str(outcome.error)
+    assert [p.name for p in (tmp_path / "shared").rglob("*")] == ["did_plc_owner"]
+    engine.dispose()
 
 
 @pytest.mark.parametrize("race", ["removed", "replaced"])

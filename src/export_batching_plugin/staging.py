@@ -6,7 +6,9 @@
   directory holds an exclusive ``flock`` on it for its whole life; the kernel
   drops the lock when that process ends, however it ends. So "stale" means
   "nobody holds its lock", which stays true across PID namespaces (containers
-  sharing an exports volume) and PID reuse, where a PID says nothing.
+  sharing an exports volume) and PID reuse, where a PID says nothing. On a
+  filesystem without locks the export goes on unlocked (and says so): nobody
+  can take its directory for stale there, since cleanup skips what it cannot lock.
 - Publishing renames the staging directory to the final name with
   ``renameat2(RENAME_NOREPLACE)``: an existing export directory, even an empty
   one, is never replaced. Whether the rename happened is then read from the
@@ -26,6 +28,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from .host import SkyarchiveError
@@ -34,6 +37,9 @@ log = logging.getLogger("export_batching_plugin")
 
 _STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-[0-9a-f]{16}$")
 _AT_FDCWD = -100
+#: What ``flock`` fails with on a filesystem that does not do locks (an NFS mount without a lock manager,
+#: some FUSE and SMB mounts). EOPNOTSUPP is ENOTSUP on Linux.
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 _RENAME_NOREPLACE = 1
 
 
@@ -193,9 +199,30 @@ class Staging:
                 fd = _lock(path)
             except FileNotFoundError:
                 fd = None
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    with suppress(OSError):
+                        path.rmdir()
+                    raise
+                fd = cls._unlocked(path, exc)
             if fd is not None:
                 return cls(path, final, fd)
             # Between our mkdir and our lock, another export took it for stale and removed it: a new name.
+
+    @staticmethod
+    def _unlocked(path: Path, why: OSError) -> int:
+        """On a filesystem without locks: go on without one, and say what that means.
+
+        Nobody can take such a directory for stale (cleanup skips what it cannot lock), so the export is
+        as safe as with a lock; only a staging directory left by an export that was killed stays.
+        """
+        log.warning(
+            "export_batching: %s does not support file locks (%s); exporting without one. Staging folders"
+            " left there by exports that did not finish (.*.staging-*) are not removed automatically: remove"
+            " them by hand while no export runs.",
+            path.parent, why.strerror,
+        )  # fmt: skip
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
     def published(self) -> bool:
         """Whether the final name is this staging directory now (it was renamed into place)."""
