@@ -10,15 +10,18 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 import skyarchive
 import skyarchive.export
+import skyarchive.hookspecs
 
 import export_batching_plugin
 from export_batching_plugin import encoding, host, plugin
@@ -95,6 +98,57 @@ def test_a_host_release_outside_the_range_gets_its_own_exporter(
         " (skyarchive>=0.3,<0.5); this export uses skyarchive's own exporter. Install an export-batching-plugin"
         " release made for this skyarchive, or a skyarchive it supports, to export in batches again."
     )
+
+
+class LaterHookspecs:
+    """A later skyarchive's export hook, with arguments of other names (as 0.4 added ``progress``)."""
+
+    @pluggy.HookspecMarker("skyarchive")(firstresult=True)
+    def skyarchive_export(self, request: Any, destination: Any, progress: Any) -> Any:
+        """The export hook, renamed arguments."""
+
+
+class RenamedHookspecs:
+    """A later skyarchive whose export hook has another name."""
+
+    @pluggy.HookspecMarker("skyarchive")(firstresult=True)
+    def skyarchive_export_posts(self, job: Any) -> Any:
+        """The export hook, renamed."""
+
+
+def test_a_later_host_whose_hook_takes_other_arguments_still_starts_and_exports(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pluggy rejects a hookimpl naming an argument the spec lacks, and skyarchive then refuses to start."""
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    manager = pluggy.PluginManager("skyarchive")
+    manager.add_hookspecs(LaterHookspecs)
+    manager.register(plugin.create_plugin({}), name="export_batching")
+    manager.check_pending()
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        assert manager.hook.skyarchive_export(request=object(), destination=object(), progress=object()) is None
+    assert caplog.text.count("skyarchive 0.5.0 is not a release this plugin is proven on") == 1
+    assert "this export uses skyarchive's own exporter" in caplog.text
+
+
+@pytest.mark.parametrize("gone", ["the hook", "the hookspecs module"])
+def test_a_later_host_without_the_export_hook_still_starts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, gone: str
+) -> None:
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    if gone == "the hook":
+        monkeypatch.delattr(skyarchive.hookspecs, "skyarchive_export")
+    else:
+        monkeypatch.delattr(skyarchive, "hookspecs")
+        monkeypatch.setitem(sys.modules, "skyarchive.hookspecs", None)  # importing it raises ImportError
+    manager = pluggy.PluginManager("skyarchive")
+    manager.add_hookspecs(RenamedHookspecs)
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        manager.register(plugin.create_plugin({}), name="export_batching")
+    manager.check_pending()  # a hookimpl of a hook the host does not specify would fail here
+    assert manager.hook.skyarchive_export_posts(job=object()) is None
+    assert caplog.text.count("skyarchive 0.5.0 is not a release this plugin is proven on") == 1
+    assert "exports use skyarchive's own exporter" in caplog.text
 
 
 def test_a_host_missing_a_name_gets_its_own_exporter(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,20 +55,48 @@ def host_problem() -> str | None:
     return None
 
 
+_STEP_ASIDE = (
+    "export_batching: %s; %s skyarchive's own exporter. Install an export-batching-plugin release made for"
+    " this skyarchive, or a skyarchive it supports, to export in batches again."
+)
+
+
 class StepAside:
-    """The hooks on a host the plugin is not proven on: decline every export, saying why."""
+    """The hooks on a host the plugin is not proven on: decline every export, saying why.
+
+    The hook names no arguments: pluggy rejects a hookimpl that names an argument the host's hookspec
+    lacks, and the host then refuses to start. So whatever a later release passes to its export hook,
+    this one registers, and the export goes to skyarchive's own exporter.
+    """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
     @hookimpl
-    def skyarchive_export(self, job: Any) -> None:
+    def skyarchive_export(self) -> None:
         """Decline (None): skyarchive's own exporter runs."""
-        log.warning(
-            "export_batching: %s; this export uses skyarchive's own exporter. Install an export-batching-plugin"
-            " release made for this skyarchive, or a skyarchive it supports, to export in batches again.",
-            self.reason,
-        )
+        log.warning(_STEP_ASIDE, self.reason, "this export uses")
+
+
+class StandAside:
+    """On a host without the ``skyarchive_export`` hook this plugin knows: no hooks at all.
+
+    A hookimpl of a hook the host does not specify fails pluggy's ``check_pending``; an object
+    with none cannot. The warning comes once, when skyarchive loads the plugin.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        log.warning(_STEP_ASIDE, reason, "exports use")
+
+
+def host_has_export_hook() -> bool:
+    """Whether the installed skyarchive specifies the ``skyarchive_export`` hook (any arguments)."""
+    try:
+        from skyarchive import hookspecs
+    except ImportError:
+        return False
+    return callable(getattr(hookspecs, "skyarchive_export", None))
 
 
 class ExportBatching:
@@ -96,12 +124,12 @@ class ExportBatchingWithProgress(ExportBatching):
         return export_batched(job, self.settings, progress.update)
 
 
-def create_plugin(settings: Mapping[str, Any]) -> ExportBatching | StepAside:
+def create_plugin(settings: Mapping[str, Any]) -> ExportBatching | StepAside | StandAside:
     """Validate the plugin's config table and return the hooks for the installed host."""
     parsed = parse_settings(settings)
     problem = host_problem()
     if problem is not None:
-        return StepAside(problem)
+        return StepAside(problem) if host_has_export_hook() else StandAside(problem)
     from .host import hook_arguments
 
     return ExportBatchingWithProgress(parsed) if "progress" in hook_arguments() else ExportBatching(parsed)
