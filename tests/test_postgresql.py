@@ -212,6 +212,45 @@ def test_an_idle_in_transaction_timeout_does_not_fail_a_slow_export(
     assert plugin.result is not None and (plugin.result.export_dir / "media" / "slow.jpg").read_bytes() == b"jpeg"
 
 
+@pytest.mark.parametrize("timeout", ["idle_in_transaction_session_timeout", "statement_timeout"])
+@pytest.mark.parametrize("format", ["json", "csv"])
+def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write(
+    engine: Engine, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    timeout: str, format: str,
+) -> None:  # fmt: skip
+    """A 1 s timeout on the server; one write to posts.* takes 2 s (slow storage): the host's result.
+
+    What the timeout would end: a session idle between fetches while a batch is written (the
+    server-side cursor: JSON, and CSV on psycopg2), or a COPY waiting on the client (CSV on psycopg 3;
+    20 MB of rows, more than the socket buffers hold, so the server is still sending).
+    """
+    from export_batching_plugin import writing
+
+    insert_rows(engine, [post_row(n, text=f"{n} " + "x" * 5000) for n in range(4000)])
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET {timeout} = '1s'")
+    engine.dispose()
+    host = export(engine, tmp_path / "host", settings=None, format=format)
+    assert host.error is None, host.error
+    calls = 0
+    original = writing.PostsWriter._write
+
+    def slow_write(self: writing.PostsWriter, data: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            time.sleep(2)
+        original(self, data)
+
+    monkeypatch.setattr(writing.PostsWriter, "_write", slow_write)
+    plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 100}, format=format)
+    assert calls > 3
+    assert plugin.error is None, plugin.error
+    assert plugin.posts_bytes == host.posts_bytes
+    with engine.connect() as conn:  # the connection went back to the pool with the server's settings
+        assert conn.exec_driver_sql(f"SHOW {timeout}").scalar_one() == "1s"
+
+
 @pytest.mark.parametrize("when", ["while media files are copied", "as the read transaction ends"])
 def test_a_session_terminated_late_does_not_change_the_outcome(
     engine: Engine, pg_url: str, tmp_path: Path, when: str,  # noqa: F811

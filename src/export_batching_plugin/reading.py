@@ -59,7 +59,8 @@ class Snapshot:
     - PostgreSQL: the connection is set to ``REPEATABLE READ`` and read-only
       (SQLAlchemy's ``isolation_level`` and ``postgresql_readonly`` options,
       reset when the connection goes back to the pool): one snapshot for the
-      whole transaction, also on an engine set to autocommit.
+      whole transaction, also on an engine set to autocommit. The server's
+      session timeouts are lifted for this transaction only (see :func:`_no_timeouts`).
     """
 
     def __init__(self, root: Connection, conn: Connection, transaction: Any) -> None:
@@ -75,6 +76,8 @@ class Snapshot:
             if root.dialect.name == "postgresql":
                 conn = root.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             transaction = conn.begin()
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(_no_timeouts(conn.dialect.server_version_info or ()))
             if conn.dialect.name == "sqlite":
                 dbapi_connection: Any = conn.connection.dbapi_connection
                 if not getattr(dbapi_connection, "in_transaction", True):
@@ -105,6 +108,23 @@ class Snapshot:
                 self._root.invalidate()  # not back to the pool as it is: its reset would fail and log again
         finally:
             self._root.close()
+
+
+def _no_timeouts(server_version: tuple[Any, ...]) -> str:
+    """``SET LOCAL`` of the timeouts that would end the read transaction while the posts file is written.
+
+    skyarchive's own exporter reads every row with one query, then writes; the plugin writes while it
+    reads, so a slow disk (a network share) keeps its transaction open, idle between fetches, or its
+    COPY waiting on the client, for as long as the writing takes. A server's
+    ``idle_in_transaction_session_timeout``, ``statement_timeout`` or (PostgreSQL 17)
+    ``transaction_timeout`` would then end an export that skyarchive alone completes. pg_dump, the
+    other long read-only snapshot, sets them to 0 for its session; the plugin does so for its read
+    transaction only (``set_config(…, true)``), and the connection goes back to the pool as it was.
+    """
+    names = ["statement_timeout", "idle_in_transaction_session_timeout"]
+    if tuple(server_version[:1]) >= (17,):
+        names.append("transaction_timeout")
+    return "SELECT " + ", ".join(f"set_config('{name}', '0', true)" for name in names)
 
 
 def count_selection(conn: Connection, request: ExportRequest) -> int:
