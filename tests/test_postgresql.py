@@ -251,6 +251,23 @@ def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write
         assert conn.exec_driver_sql(f"SHOW {timeout}").scalar_one() == "1s"
 
 
+def test_the_timeouts_lifted_are_those_the_server_has(engine: Engine) -> None:
+    """transaction_timeout only from PostgreSQL 17 on: an older server refuses a setting it does not know."""
+    assert "transaction_timeout" in reading._no_timeouts((17, 0))
+    assert "transaction_timeout" not in reading._no_timeouts((16, 4))
+    with engine.connect() as conn:
+        version = conn.dialect.server_version_info or ()
+        with conn.begin():
+            conn.exec_driver_sql(reading._no_timeouts(version))
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar_one() == "0"
+            if version >= (17,):
+                assert conn.exec_driver_sql("SHOW transaction_timeout").scalar_one() == "0"
+            else:
+                with pytest.raises(Exception, match="transaction_timeout"), conn.begin_nested():
+                    conn.exec_driver_sql("SELECT set_config('transaction_timeout', '0', true)")
+
+
 @pytest.mark.parametrize("when", ["while media files are copied", "as the read transaction ends"])
 def test_a_session_terminated_late_does_not_change_the_outcome(
     engine: Engine, pg_url: str, tmp_path: Path, when: str,  # noqa: F811
