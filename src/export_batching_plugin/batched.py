@@ -23,6 +23,7 @@ from .host import (
     ExportResult,
     SkyarchiveError,
     UsageError,
+    has_labels,
     write_manifest,
 )
 from .media import MediaCopier
@@ -108,8 +109,7 @@ class _Export:
             )
         self.phase = "creating the staging directory"
         self.staging = staging = Staging.create(job.export_dir)
-        progress = ProgressReporter(self.channel, total, interval=settings.progress_interval)
-        self.progress = progress.__enter__()  # (0, total) reported, the heartbeat started
+        self.progress = progress = ProgressReporter(self.channel, total, interval=settings.progress_interval).start()
         if request.media:
             self.phase = "reading the media rows"
             (staging.path / MEDIA_DIR_NAME).mkdir()
@@ -179,7 +179,7 @@ class _Export:
         request, settings = self.job.request, self.settings
         sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
         if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
-            stmt = pgcopy.copy_query(request, with_labels=encoders.csv_header[-1:] == ("Labels",))
+            stmt = pgcopy.copy_query(request, with_labels=has_labels(encoders.csv_header))
             encode = pgcopy.copy_lines_encoder(*encoders.fields)
             return read_copy_batches(conn, stmt, **sizes), CsvWriter(path, encoders.csv_header, encode, sink)
         in_date_order = conn.dialect.name == "sqlite" and 2 * total >= count_archive(conn)  # most of the archive

@@ -46,6 +46,7 @@ from orjson import loads as _loads
 
 from . import host
 from .csvlines import Field, LinesEncoder, posts_csv_encoder
+from .reading import row_size
 
 #: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
 #: views, so that only one piece is in memory and nothing is copied.
@@ -60,7 +61,6 @@ CSV_15 = (
     "ReplyParent", "HasMedia", "MediaFiles", "EmbedType", "IndexedAt",
 )  # fmt: skip
 
-_TEXT, _EMBED, _LABELS = (host.POST_COLUMNS.index(name) for name in ("text", "embed_data", "labels"))
 _Post = namedtuple("_Post", host.POST_COLUMNS)  # type: ignore[misc]  # what the host's functions read
 
 
@@ -152,7 +152,7 @@ def fields_of(per_post: host.PerPost) -> tuple[Field, Field]:
     only when every ``val`` is a str (or missing).
     """
     media_hashes, label_values = per_post.media_hashes, per_post.label_values
-    if media_hashes is None or (per_post.csv_header[-1:] == ("Labels",) and label_values is None):
+    if media_hashes is None or (host.has_labels(per_post.csv_header) and label_values is None):
         raise ValueError("the host has no media_hashes/label_values")
     parse = _Parser()
 
@@ -180,11 +180,13 @@ def fields_of(per_post: host.PerPost) -> tuple[Field, Field]:
     return media_of, labels_of
 
 
-def csv_lines_encoder(per_post: host.PerPost) -> LinesEncoder:
-    """The fast posts.csv lines (:mod:`.csvlines`) with the host's own ``media_hashes``/``label_values``."""
-    media_of, labels_of = fields_of(per_post)
-    with_labels = per_post.csv_header[-1:] == ("Labels",)
-    return posts_csv_encoder(with_labels=with_labels, media_of=media_of, labels_of=labels_of)
+def csv_lines_encoder(per_post: host.PerPost, fields: tuple[Field, Field] | None = None) -> LinesEncoder:
+    """The fast posts.csv lines (:mod:`.csvlines`) with the host's own ``media_hashes``/``label_values``.
+
+    ``fields``: :func:`fields_of` ``per_post``, when the caller has them already.
+    """
+    media_of, labels_of = fields if fields is not None else fields_of(per_post)
+    return posts_csv_encoder(with_labels=host.has_labels(per_post.csv_header), media_of=media_of, labels_of=labels_of)
 
 
 def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
@@ -235,11 +237,14 @@ def make_encoders() -> Encoders:
         reason = f"its posts.csv header is {', '.join(header)}"
     else:
         try:
-            reason = self_check(per_post, json_batch_encoder(per_post), csv_lines_encoder(per_post))
+            fields = fields_of(per_post)
         except ValueError as exc:
             reason = str(exc)
-    if reason is None:
-        return Encoders(json_batch_encoder(per_post), csv_lines_encoder(per_post), header, fields_of(per_post))
+        else:
+            fast_json, fast_csv = json_batch_encoder(per_post), csv_lines_encoder(per_post, fields)
+            reason = self_check(per_post, fast_json, fast_csv)
+            if reason is None:
+                return Encoders(fast_json, fast_csv, header, fields)
     return Encoders(host_json_encoder(per_post), host_csv_lines(per_post), header, fallback_reason=reason)
 
 
@@ -335,8 +340,7 @@ def self_check(per_post: host.PerPost, encode_json: BatchEncoder, encode_csv: Li
         return whole([per_post.post_record(_Post._make(row)) for row in rows]).encode("utf-8")
 
     def fast_json(rows: list[tuple[Any, ...]]) -> bytes:
-        sizes = [_len(row[_TEXT]) + _len(row[_EMBED]) + _len(row[_LABELS]) for row in rows]
-        items = b",\n".join(bytes(item) for item in encode_json(rows, sizes))
+        items = b",\n".join(bytes(item) for item in encode_json(rows, [row_size(row) for row in rows]))
         return b"[\n" + items + b"\n]" if items else b"[]"
 
     def host_csv(rows: list[tuple[Any, ...]]) -> bytes:
@@ -345,17 +349,16 @@ def self_check(per_post: host.PerPost, encode_json: BatchEncoder, encode_csv: Li
     def fast_csv(rows: list[tuple[Any, ...]]) -> bytes:
         return encode_csv(rows).encode("utf-8")
 
-    rows = probe_rows()
-    for row in rows:
-        for what, expected, actual in (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv)):
-            if _outcome(partial(expected, [row])) != _outcome(partial(actual, [row])):
+    checks = (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv))
+    good: dict[str, list[tuple[Any, ...]]] = {what: [] for what, _, _ in checks}  # the rows the host encodes
+    for row in probe_rows():
+        for what, expected, actual in checks:
+            outcome = _outcome(partial(expected, [row]))
+            if outcome != _outcome(partial(actual, [row])):
                 return f"{what} differs on the self-check's row {row[0]!r}"
-    for what, expected, actual in (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv)):
-        good = [row for row in rows if isinstance(_outcome(partial(expected, [row])), bytes)]
-        if _outcome(partial(expected, good)) != _outcome(partial(actual, good)):
+            if isinstance(outcome, bytes):
+                good[what].append(row)
+    for what, expected, actual in checks:
+        if _outcome(partial(expected, good[what])) != _outcome(partial(actual, good[what])):
             return f"{what} differs on the self-check's rows together"
     return None
-
-
-def _len(value: Any) -> int:
-    return len(value) if isinstance(value, (str, bytes)) else 0

@@ -68,6 +68,11 @@ class PerPost:
     label_values: Callable[[Any], list[str]] | None
 
 
+def has_labels(csv_header: Sequence[str]) -> bool:
+    """Whether posts.csv has the ``Labels`` column (skyarchive 0.4; 0.3 has 15 columns without it)."""
+    return tuple(csv_header[-1:]) == ("Labels",)
+
+
 def per_post() -> PerPost:
     """The host's per-post encoding, looked up now: once per export, so that the fast encoders are
     checked against, and fall back to, exactly the functions the host's own exporter would call."""
@@ -190,6 +195,7 @@ __all__ = [
     "UsageError",
     "contract_problems",
     "copy_media_file",
+    "has_labels",
     "hook_arguments",
     "media_table",
     "per_post",

@@ -143,7 +143,7 @@ def copy_lines_encoder(media_of: Field, labels_of: Field) -> CopyLinesEncoder:
         )
 
     def splice(row: bytes) -> bytes:
-        _flag, embed_hex, labels_hex, after, rest = row.split(b",", 4)
+        _has_json, embed_hex, labels_hex, after, rest = row.split(b",", 4)
         rest = rest[:-1]
         embed, labels = value(embed_hex), value(labels_hex)
         try:

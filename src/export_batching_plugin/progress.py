@@ -48,10 +48,14 @@ class ProgressReporter:
         self._failure: BaseException | None = None  # what the channel raised on the heartbeat's thread
         self._thread = threading.Thread(target=self._heartbeat, name="export-progress", daemon=True)
 
-    def __enter__(self) -> ProgressReporter:
+    def start(self) -> ProgressReporter:
+        """Report ``(0, total)`` and start the heartbeat."""
         self._report()
         self._thread.start()
         return self
+
+    def __enter__(self) -> ProgressReporter:
+        return self.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
