@@ -37,6 +37,12 @@ class CliResult:
         return lines[0]
 
 
+def plugin_toml(**settings: Any) -> str:
+    """A skyarchive.toml that enables the plugin, with ``settings`` as its table."""
+    table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{table}'
+
+
 class Archive:
     """A folder holding skyarchive.toml, the SQLite archive, media/ and exports/."""
 
@@ -53,8 +59,7 @@ class Archive:
         return path
 
     def enable_plugin(self, **settings: Any) -> Path:
-        table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-        return self.write_config(f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{table}')
+        return self.write_config(plugin_toml(**settings))
 
     def cli(self, *args: str) -> CliResult:
         self.capsys.readouterr()

@@ -63,6 +63,37 @@ def insert_rows(engine: Engine, posts: Iterable[Mapping[str, Any]], media: Itera
             conn.execute(insert(media_table), media)
 
 
+def media_row(hash: str, post: Mapping[str, Any], file_path: str, size: int = 3) -> dict[str, Any]:
+    """A media row of ``post`` (a posts row, as :func:`post_row` makes it) for ``file_path`` under media_dir."""
+    return {
+        "hash": hash,
+        "post_uri": post["uri"],
+        "mime_type": "image/jpeg",
+        "file_path": file_path,
+        "size_bytes": size,
+        "created_at": post["created_at"],
+    }
+
+
+def archive_with_media(
+    root: Path, posts: list[dict[str, Any]], files: Mapping[str, tuple[int, bytes | None]]
+) -> tuple[Engine, Path]:
+    """An archive in ``root`` with ``posts`` and a media row per file, and its media_dir (``root/media``).
+
+    ``files``: file path -> (index of its post in ``posts``, content, or None for a file that is missing).
+    """
+    media_dir = root / "media"
+    media_dir.mkdir()
+    media = []
+    for n, (name, (post, content)) in enumerate(files.items()):
+        if content is not None:
+            (media_dir / name).write_bytes(content)
+        media.append(media_row(f"h{n}", posts[post], name, len(content or b"")))
+    engine = make_engine(root / "a.db")
+    insert_rows(engine, posts, media)
+    return engine, media_dir
+
+
 @dataclass
 class Outcome:
     """What one export left: its result or error, the posts file's bytes, the progress events."""

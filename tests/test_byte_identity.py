@@ -119,12 +119,15 @@ def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
         run_both(engine, tmp_path / str(budget), batch_size=4, max_batch_bytes=budget, format=format)
 
 
-@pytest.mark.parametrize("batch_size", [1000, 37])
-def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, batch_size: int) -> None:
+@pytest.mark.parametrize("runs_per_batch", [2, 6])
+def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, runs_per_batch: int) -> None:
     """Records are encoded in runs of about RUN_BYTES; a batch of many mid-size posts spans several runs."""
     from export_batching_plugin.encoding import LARGE_RECORD, RUN_BYTES
 
     size = LARGE_RECORD // 2
-    count = 3 * RUN_BYTES // size + 5
-    engine = build(tmp_path, [{"text": "é" * size}, {"text": "x", "embed_data": '{"a": [1, 2]}'}], count)
+    per_run = RUN_BYTES // size  # mid-size posts in one run
+    large, small = {"text": "é" * size}, {"text": "x", "embed_data": '{"a": [1, 2]}'}
+    batch_size = runs_per_batch * per_run * 4 // 3 + 4  # three posts in four are mid-size
+    assert batch_size * 3 // 4 * size > runs_per_batch * RUN_BYTES
+    engine = build(tmp_path, [large, large, large, small], 2 * batch_size + 7)
     run_both(engine, tmp_path, batch_size=batch_size, format="json")

@@ -22,7 +22,7 @@ from export_batching_plugin import batched
 from export_batching_plugin.checksums import file_digest, sums_line
 
 from .conftest import DID, Archive
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import archive_with_media, export, post_row
 
 SHA256SUM = shutil.which("sha256sum")
 needs_sha256sum = pytest.mark.skipif(SHA256SUM is None, reason="no sha256sum on this machine (GNU coreutils)")
@@ -38,18 +38,12 @@ def verify(export_dir: Path, *tool: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def library(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """40 posts; media files for ten of them, with awkward names (and a skipped row: a missing file)."""
-    media_dir = tmp_path / "media"
-    media_dir.mkdir()
     rows = [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(40)]
-    media = []
-    for n, name in enumerate(AWKWARD):
-        (media_dir / name).write_bytes(f"image {n}".encode() * (n + 1))
-        media.append({"hash": f"h{n}", "post_uri": rows[n * 3]["uri"], "mime_type": "image/jpeg",
-                      "file_path": name, "size_bytes": 7, "created_at": rows[n]["created_at"]})  # fmt: skip
-    media.append({"hash": "gone", "post_uri": rows[1]["uri"], "mime_type": "image/jpeg", "file_path": "gone.jpg",
-                  "size_bytes": 1, "created_at": rows[1]["created_at"]})  # fmt: skip
-    engine = make_engine(tmp_path / "a.db")
-    insert_rows(engine, rows, media)
+    files: dict[str, tuple[int, bytes | None]] = {
+        name: (n * 3, f"image {n}".encode() * (n + 1)) for n, name in enumerate(AWKWARD)
+    }
+    files["gone.jpg"] = (1, None)
+    engine, media_dir = archive_with_media(tmp_path, rows, files)
     yield engine, media_dir
     engine.dispose()
 
@@ -92,7 +86,7 @@ def test_damage_is_caught(library: tuple[Any, Path], tmp_path: Path, damage: str
     assert outcome.result is not None
     folder = outcome.result.export_dir
     target = folder / ("posts.json" if "posts" in damage else "media/new\nline.jpg")
-    if damage == "remove a file":
+    if damage == "remove a media file":
         target.unlink()
     else:
         data = bytearray(target.read_bytes())
@@ -100,7 +94,8 @@ def test_damage_is_caught(library: tuple[Any, Path], tmp_path: Path, damage: str
         target.write_bytes(bytes(data))
     checked = verify(folder)
     assert checked.returncode == 1
-    assert ("FAILED" in checked.stdout) and checked.stdout.count(": OK") == len(AWKWARD) + 1
+    failed = "FAILED open or read" if damage == "remove a media file" else "FAILED"
+    assert (failed in checked.stdout) and checked.stdout.count(": OK") == len(AWKWARD) + 1
 
 
 @pytest.mark.skipif(shutil.which("shasum") is None, reason="no shasum (Perl) on this machine")

@@ -229,6 +229,8 @@ JSONISH = st.text(
 
 @SETTINGS
 @given(st.one_of(JSONISH, st.builds(lambda a, b: a + b, as_json(embed), JSONISH), as_json(embed).map(lambda s: s[:-1])))
+@example('{"images": [{"fullsize": "a/b@c"}], "n": 123456789012345678901234}')  # accepted by both
+@example('{"images": [{"fullsize": "a/b@c"}], "n": NaN}')  # refused by orjson: the fallback decides
 def test_orjson_never_more_lenient(text: str) -> None:
     """Wherever orjson accepts a text simplejson accepts it too, with the same media hashes; elsewhere the
     fallback to simplejson decides."""

@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from export_batching_plugin import batched, host, reading, staging, writing
 
-from .harness import export, insert_rows, make_engine, plugin_manager, post_row
+from .harness import archive_with_media, export, make_engine, plugin_manager, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 
@@ -37,16 +37,9 @@ SETTINGS = {"threshold": 0, "batch_size": 10}
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """45 posts, 15 of them with a media file."""
-    media_dir = tmp_path / "media"
-    media_dir.mkdir()
     rows = [post_row(n, created_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z") for n in range(45)]
-    files = []
-    for n in range(0, 45, 3):
-        (media_dir / f"m{n}.jpg").write_bytes(b"jpeg %d" % n)
-        files.append({"hash": f"h{n}", "post_uri": rows[n]["uri"], "mime_type": "image/jpeg",
-                      "file_path": f"m{n}.jpg", "size_bytes": 6, "created_at": rows[n]["created_at"]})  # fmt: skip
-    engine = make_engine(tmp_path / "a.db")
-    insert_rows(engine, rows, files)
+    files = {f"m{n}.jpg": (n, b"jpeg %d" % n) for n in range(0, 45, 3)}
+    engine, media_dir = archive_with_media(tmp_path, rows, files)
     yield engine, media_dir
     engine.dispose()
 
@@ -183,11 +176,9 @@ def test_a_failed_final_flush_names_no_batch(
 ) -> None:
     """The closing bracket and the last buffered bytes belong to no batch: the error says so."""
     engine, _ = archive
-    calls: list[bytes] = []
     original = writing.PostsWriter._write
 
     def write(self: writing.PostsWriter, data: Any) -> None:
-        calls.append(bytes(data))
         if bytes(data) == b"\n]\n":
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         original(self, data)

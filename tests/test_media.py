@@ -11,18 +11,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Outcome, export, insert_rows, make_engine, post_row
-
-
-def media_row(hash: str, post: int, path: str) -> dict[str, Any]:
-    return {
-        "hash": hash,
-        "post_uri": post_row(post)["uri"],
-        "mime_type": "image/jpeg",
-        "file_path": path,
-        "size_bytes": 3,
-        "created_at": "2025-01-01T00:00:00.000Z",
-    }
+from .harness import Outcome, export, insert_rows, make_engine, media_row, post_row
 
 
 @pytest.fixture
@@ -39,16 +28,16 @@ def library(tmp_path: Path) -> tuple[Any, Path, Path]:
     (media_dir / "other" / "img3.jpg").write_bytes(b"same name, other folder")
     (media_dir / "escape.jpg").symlink_to(outside / "secret.jpg")
     (media_dir / "dirlink").symlink_to(outside, target_is_directory=True)
-    rows = [media_row(f"h{n:02d}", n * 2, f"did/img{n}.jpg") for n in range(12)]
+    rows = [media_row(f"h{n:02d}", post_row(n * 2), f"did/img{n}.jpg") for n in range(12)]
     rows += [
-        media_row("x1", 1, "../outside/secret.jpg"),
-        media_row("x2", 3, str(outside / "secret.jpg")),
-        media_row("x3", 5, "escape.jpg"),
-        media_row("x4", 7, "dirlink/secret.jpg"),
-        media_row("x5", 9, "did/missing.jpg"),
-        media_row("x6", 11, "other/img3.jpg"),  # same file name as h03's
-        media_row("x7", 13, ""),
-        media_row("x8", 15, "did/.."),
+        media_row("x1", post_row(1), "../outside/secret.jpg"),
+        media_row("x2", post_row(3), str(outside / "secret.jpg")),
+        media_row("x3", post_row(5), "escape.jpg"),
+        media_row("x4", post_row(7), "dirlink/secret.jpg"),
+        media_row("x5", post_row(9), "did/missing.jpg"),
+        media_row("x6", post_row(11), "other/img3.jpg"),  # same file name as h03's
+        media_row("x7", post_row(13), ""),
+        media_row("x8", post_row(15), "did/.."),
     ]
     engine = make_engine(tmp_path / "a.db")
     insert_rows(engine, [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(30)], rows)
@@ -115,7 +104,7 @@ def test_an_interrupt_while_a_copy_waits_on_storage_does_not_hang(
     media_dir.mkdir()
     os.mkfifo(media_dir / "stuck.jpg")
     engine = make_engine(tmp_path / "a.db")
-    insert_rows(engine, [post_row(n) for n in range(30)], [media_row("stuck", 0, "stuck.jpg")])
+    insert_rows(engine, [post_row(n) for n in range(30)], [media_row("stuck", post_row(0), "stuck.jpg")])
     monkeypatch.setattr(media.MediaCopier.abort, "__kwdefaults__", {"timeout": 0.5})
 
     def interrupt(done: int, total: int) -> None:

@@ -26,6 +26,7 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 from export_batching_plugin import writing
 from export_batching_plugin.progress import ProgressReporter
 
+from .conftest import plugin_toml
 from .harness import export, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
@@ -159,10 +160,7 @@ SLOW_BATCH = textwrap.dedent(
 
 
 def plugin_config(root: Path) -> None:
-    (root / "skyarchive.toml").write_text(
-        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\nbatch_size = 100\n',
-        encoding="utf-8",
-    )
+    (root / "skyarchive.toml").write_text(plugin_toml(threshold=0, batch_size=100), encoding="utf-8")
 
 
 def test_a_stalled_batch_keeps_the_console_going(tmp_path: Path) -> None:
@@ -231,8 +229,6 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
 
 def test_a_listener_failing_on_the_heartbeat_fails_the_export(engine: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """The host's listener raising on the heartbeat's thread fails the export as it would on the export's own."""
-    import threading
-
     original = writing.JsonWriter.write_batch
 
     def slow(self: writing.JsonWriter, batch: Any) -> None:

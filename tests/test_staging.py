@@ -26,7 +26,7 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 
 from export_batching_plugin import staging
 
-from .conftest import Archive
+from .conftest import Archive, plugin_toml
 from .harness import export, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
@@ -160,9 +160,7 @@ def archives(tmp_path: Path) -> Iterator[Path]:
                     "file_path": "slow.jpg", "size_bytes": 4, "created_at": "2025-01-01T00:00:00.000Z"}])  # fmt: skip
         engine.dispose()
     os.mkfifo(root / "media" / "slow.jpg")
-    (root / "skyarchive.toml").write_text(
-        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\n', encoding="utf-8"
-    )
+    (root / "skyarchive.toml").write_text(plugin_toml(threshold=0), encoding="utf-8")
     yield root
     feed(root, timeout=0)  # unblock an export a failed test left waiting
 
@@ -288,7 +286,7 @@ def test_a_did_that_would_leave_the_exports_folder_is_refused(archive: Archive, 
 # -- races, each forced where it can happen -----------------------------------------------------------
 
 
-def test_a_lock_that_cannot_be_taken_for_another_reason_leaves_the_directory(
+def test_cleanup_on_a_filesystem_without_locks_leaves_the_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No locks on this filesystem (ENOLCK, say an NFS mount without lockd): cleanup leaves everything alone."""
@@ -296,7 +294,7 @@ def test_a_lock_that_cannot_be_taken_for_another_reason_leaves_the_directory(
     stale.mkdir()
 
     def no_locks(fd: int, operation: int) -> None:
-        raise OSError(37, "No locks available")
+        raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(staging.fcntl, "flock", no_locks)
     assert staging.remove_stale_staging(tmp_path) == [] and stale.is_dir()
