@@ -62,9 +62,14 @@ def locate(case: Case, workdir: Path, pg: str) -> Archive:
     return Archive(case, f"sqlite:///{workdir / name}.db", f"{workdir / name}.db", media_dir)
 
 
+def files_in(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted."""
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
 def is_complete(archive: Archive, did: str) -> bool:
     """Whether the archive holds ``size`` posts, all of ``did``, and one media row per file in its media folder."""
-    files = sum(1 for path in archive.media_dir.rglob("*") if path.is_file())
+    files = len(files_in(archive.media_dir))
     try:
         if archive.case.backend == POSTGRESQL:
             with psycopg().connect(archive.location, connect_timeout=5) as conn:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .report import Measurement, build_rows
+from .contenders import POSTGRESQL, SQLITE
+from .report import Row
 
 COLOURS = {"host": "tab:red", "plugin": "tab:blue", "sqlite-utils": "tab:green", "sqlite3": "tab:gray"}
 COLOURS |= {"psql-copy": "tab:purple", "psql-json": "tab:purple"}
-LINESTYLES, MARKERS = {"json": "-", "csv": "--"}, {"sqlite": "o", "postgresql": "s"}
+LINESTYLES, MARKERS = {"json": "-", "csv": "--"}, {SQLITE: "o", POSTGRESQL: "s"}
 
 
 def size_label(size: int) -> str:
@@ -21,7 +22,7 @@ def size_label(size: int) -> str:
     return str(size)
 
 
-def render_chart(measurements: Sequence[Measurement], path: Path) -> str | None:
+def render_chart(rows: Sequence[Row], path: Path) -> str | None:
     """Write the PNG at ``path``; return why not (matplotlib missing, nothing measured) or None when written."""
     try:
         import matplotlib
@@ -31,7 +32,7 @@ def render_chart(measurements: Sequence[Measurement], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed"
     lines: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
-    for row in (row for row in build_rows(measurements) if not row.media):
+    for row in (row for row in rows if not row.media):
         for contender, seconds in row.seconds.items():
             lines.setdefault((row.backend, contender, row.format), []).append(
                 (row.size, seconds, row.megabytes[contender])
@@ -41,7 +42,7 @@ def render_chart(measurements: Sequence[Measurement], path: Path) -> str | None:
     fig, (time_ax, rss_ax) = plt.subplots(1, 2, figsize=(13, 5.2))
     for (backend, contender, fmt), points in lines.items():
         style = {"color": COLOURS.get(contender), "linestyle": LINESTYLES[fmt], "marker": MARKERS[backend]}
-        label = f"{contender} {fmt}" + (" (PG)" if backend == "postgresql" else "")
+        label = f"{contender} {fmt}" + (" (PG)" if backend == POSTGRESQL else "")
         time_ax.plot([p[0] for p in points], [p[1] for p in points], label=label, **style)
         rss_ax.plot([p[0] for p in points], [p[2] for p in points], label=label, **style)
     time_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="wall time (s)")

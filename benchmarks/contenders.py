@@ -78,9 +78,14 @@ class Contender:
     config: str | None = None
     exporter: str | None = None
 
+    @property
+    def is_skyarchive(self) -> bool:
+        """Whether it is skyarchive itself (the host alone or with the plugin), run with a config file."""
+        return self.config is not None
+
     def takes_part(self, case: Case, fmt: str) -> bool:
         """Whether it runs on ``case`` in ``fmt`` (only skyarchive copies media)."""
-        return case.backend in self.backends and fmt in self.formats and (self.config is not None or not case.media)
+        return case.backend in self.backends and fmt in self.formats and (self.is_skyarchive or not case.media)
 
 
 def sql_literal(text: str) -> str:
@@ -142,9 +147,9 @@ CONTENDERS = (
 BY_NAME = {c.name: c for c in CONTENDERS}
 
 
-def find_tool(tool: str, *, python: str = sys.executable) -> str | None:
-    """``python`` itself, or the executable next to it (an unactivated venv), or on PATH; None if absent."""
+def find_tool(tool: str) -> str | None:
+    """This Python itself, or the executable next to it (an unactivated venv), or on PATH; None if absent."""
     if tool == "python":
-        return python
-    beside = Path(python).parent / tool
+        return sys.executable
+    beside = Path(sys.executable).parent / tool
     return str(beside) if beside.is_file() else shutil.which(tool)

@@ -32,9 +32,8 @@ class Measurement:
     format: str
     repeat: int
     wall_s: float
-    rss_mb: float
-    vmhwm_mb: float
-    ru_maxrss_mb: float
+    vmhwm_mb: float  # polled VmHWM
+    ru_maxrss_mb: float  # wait4's ru_maxrss
     floor_mb: float
     outer_wall_s: float
     output_bytes: int
@@ -47,6 +46,11 @@ class Measurement:
     def table(self) -> Table:
         """The table this run belongs to."""
         return self.backend, self.media, self.format
+
+    @property
+    def rss_mb(self) -> float:
+        """Peak RSS: the larger of the two readings."""
+        return max(self.vmhwm_mb, self.ru_maxrss_mb)
 
     @property
     def posts_per_s(self) -> float:
@@ -254,11 +258,25 @@ def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
     return lines
 
 
-def render_markdown(meta: dict[str, Any], measurements: Sequence[Measurement]) -> str:
-    """The whole ``benchmark-results.md``."""
+@dataclass(frozen=True)
+class Summary:
+    """What one run's measurements come to: the rows, the derived figures, the measuring wrapper's RSS floor."""
+
+    rows: list[Row]
+    figures: list[Figure]
+    floor_mb: float | None
+
+
+def summarise(measurements: Sequence[Measurement]) -> Summary:
+    """The rows and figures of ``measurements``, computed once for the Markdown, the JSON and the chart."""
     rows = build_rows(measurements)
-    floors = [m.floor_mb for m in measurements]
-    lines = ["## Benchmark results", "", *render_meta(meta, floor_mb=max(floors) if floors else None), ""]
+    return Summary(rows, derived_figures(rows), max((m.floor_mb for m in measurements), default=None))
+
+
+def render_markdown(meta: dict[str, Any], summary: Summary) -> str:
+    """The whole ``benchmark-results.md``."""
+    rows = summary.rows
+    lines = ["## Benchmark results", "", *render_meta(meta, floor_mb=summary.floor_mb), ""]
     for table in dict.fromkeys(row.table for row in rows):
         lines += [*render_table(rows, table), ""]
     lines += [
@@ -268,7 +286,7 @@ def render_markdown(meta: dict[str, Any], measurements: Sequence[Measurement]) -
         "",
         "### Derived figures (from the same run)",
         "",
-        *([f.line() for f in derived_figures(rows)] or ["- none: too few sizes or contenders were measured"]),
+        *([f.line() for f in summary.figures] or ["- none: too few sizes or contenders were measured"]),
         "",
     ]
     return "\n".join(lines)

@@ -27,10 +27,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from export_batching_plugin.checksums import file_digest
+
 from . import contenders as c
-from .archives import DEFAULT_PG, BenchmarkError, Log, child_env, ensure_archive, probe_postgresql
+from .archives import DEFAULT_PG, BenchmarkError, Log, child_env, ensure_archive, files_in, probe_postgresql
 from .chart import render_chart
-from .report import Measurement, build_rows, derived_figures, render_markdown
+from .report import Measurement, render_markdown, summarise
 
 MEASURE = Path(__file__).with_name("measure.py")
 RESULTS_MD, RESULTS_JSON, CHART_PNG = "benchmark-results.md", "benchmark-results.json", "benchmark.png"
@@ -78,14 +80,14 @@ def parse_options(argv: Sequence[str]) -> Options:
     default_sizes = "; ".join(f"{b} {','.join(map(str, s))}" for b, s in c.DEFAULT_SIZES.items())
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=(__doc__ or "").split("\n\n")[0])
     add = parser.add_argument
-    add("--backends", type=names, default=c.BACKENDS, help="sqlite,postgresql (default: both)")
+    add("--backends", type=names, default=Options.backends, help="sqlite,postgresql (default: both)")
     add("--sizes", type=sizes, help=f"archive sizes (posts) on every backend (default: {default_sizes})")
     add("--million", action="store_true", help="add a 1,000,000-post archive on every backend")
-    add("--formats", type=names, default=c.FORMATS, help="json,csv (default: both)")
-    add("--contenders", type=names, default=tuple(c.BY_NAME), help=f"some of {','.join(c.BY_NAME)} (default: all)")
-    add("--repeat", type=int, default=1, help="runs of each contender (median shown)")
-    add("--media-posts", type=int, default=c.DEFAULT_MEDIA_POSTS, help="posts of the SQLite media case (0: none)")
-    add("--pg", default=DEFAULT_PG, help=f"the PostgreSQL server: a libpq URL, no database (default: {DEFAULT_PG})")
+    add("--formats", type=names, default=Options.formats, help="json,csv (default: both)")
+    add("--contenders", type=names, default=Options.contenders, help=f"some of {','.join(c.BY_NAME)} (default: all)")
+    add("--repeat", type=int, default=Options.repeat, help="runs of each contender (median shown)")
+    add("--media-posts", type=int, default=Options.media_posts, help="posts of the SQLite media case (0: none)")
+    add("--pg", default=Options.pg, help=f"the PostgreSQL server: a libpq URL, no database (default: {DEFAULT_PG})")
     add("--workdir", type=Path, default=Options.workdir, help="archives and scratch exports")
     add("--out", type=Path, default=Options.out, help="folder for the results (default: docs)")
     options = Options(**vars(parser.parse_args(list(argv))))
@@ -124,21 +126,12 @@ def tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(encoding="utf-8", errors="replace").strip()[-chars:] if path.is_file() else ""
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_digest(folder: Path) -> tuple[str, int]:
     """``(sha256 over the sorted (relative name, sha256 of the file) pairs, number of files)`` of a folder."""
-    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    files = files_in(folder)
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_digest(path)}\n".encode())
     return digest.hexdigest(), len(files)
 
 
@@ -166,7 +159,7 @@ def run_one(
     reference: Measurement | None,
 ) -> Measurement:  # fmt: skip
     """Run one contender once in a fresh subprocess, check what it wrote (against ``reference``), measure it."""
-    case, skyarchive = archive.case, contender.config is not None
+    case, skyarchive = archive.case, contender.is_skyarchive
     tag = f"{case.backend}-{case.size}{'-media' * case.media}-{fmt}-{contender.name}-r{repeat}"
     run_dir = options.workdir / "runs" / tag
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -194,10 +187,9 @@ def run_one(
         raise BenchmarkError(f"{contender.name} wrote no posts file at {posts}")
     m = Measurement(
         contender=contender.name, backend=case.backend, size=case.size, media=case.media, format=fmt, repeat=repeat,
-        wall_s=report["wall_s"], rss_mb=max(report["vmhwm_kb"], report["ru_maxrss_kb"]) / 1024,
-        vmhwm_mb=report["vmhwm_kb"] / 1024, ru_maxrss_mb=report["ru_maxrss_kb"] / 1024,
+        wall_s=report["wall_s"], vmhwm_mb=report["vmhwm_kb"] / 1024, ru_maxrss_mb=report["ru_maxrss_kb"] / 1024,
         floor_mb=report["floor_kb"] / 1024, outer_wall_s=outer, output_bytes=posts.stat().st_size,
-        sha256=sha256_file(posts), exporter=exporter, media_digest=media[0] if media else None,
+        sha256=file_digest(posts), exporter=exporter, media_digest=media[0] if media else None,
         media_files=media[1] if media else None,
     )  # fmt: skip
     if reference is not None and skyarchive:
@@ -215,7 +207,7 @@ def rotated(items: Sequence[str], by: int) -> list[str]:
 def warm_cache(archive: c.Archive) -> None:
     """Read a SQLite file and the media files once (on PostgreSQL the counts that checked the archive read it)."""
     paths = [Path(archive.location)] if archive.case.backend == c.SQLITE else []
-    for path in [*paths, *(path for path in archive.media_dir.rglob("*") if path.is_file())]:
+    for path in [*paths, *files_in(archive.media_dir)]:
         with path.open("rb") as stream:
             while stream.read(1 << 20):
                 pass
@@ -259,14 +251,16 @@ def versions(runners: dict[str, str], pg_version: str | None) -> dict[str, str |
 def write_results(meta: dict[str, Any], measurements: Sequence[Measurement], out: Path, *, log: Log) -> list[Path]:
     """Write the Markdown, the JSON (every repeat) and, with matplotlib, the chart into ``out``; return the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(measurements)
+    summary = summarise(measurements)
     document = {
-        "meta": meta, "measurements": [{**asdict(m), "posts_per_s": m.posts_per_s} for m in measurements],
-        "rows": [asdict(row) for row in rows], "derived": [{**asdict(f), "met": f.met} for f in derived_figures(rows)],
-    }  # fmt: skip
-    (out / RESULTS_MD).write_text(render_markdown(meta, measurements), encoding="utf-8")
+        "meta": meta,
+        "measurements": [{**asdict(m), "rss_mb": m.rss_mb, "posts_per_s": m.posts_per_s} for m in measurements],
+        "rows": [asdict(row) for row in summary.rows],
+        "derived": [{**asdict(f), "met": f.met} for f in summary.figures],
+    }
+    (out / RESULTS_MD).write_text(render_markdown(meta, summary), encoding="utf-8")
     (out / RESULTS_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    why_not = render_chart(measurements, out / CHART_PNG)
+    why_not = render_chart(summary.rows, out / CHART_PNG)
     if why_not is not None:
         log(f"chart skipped: {why_not}")
     return [out / RESULTS_MD, out / RESULTS_JSON, *([out / CHART_PNG] if why_not is None else [])]
