@@ -15,7 +15,7 @@ import simplejson
 from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import archive_with_media, export, insert_rows, make_engine, post_row
 
 SMALL, LARGE = "did:plc:smallarchive", "did:plc:largearchive"
 
@@ -77,10 +77,13 @@ def test_peak_rss_of_100k_posts_is_far_below_the_hosts(archive: tuple[Path, Any]
     assert plugin_file.read_bytes() == host_file.read_bytes()
 
 
-def traced_peak(engine: Any, out: Path, did: str, **settings: Any) -> int:
+def traced_peak(engine: Any, out: Path, did: str, *, media_dir: Path | None = None, **settings: Any) -> int:
     tracemalloc.start()
     try:
-        outcome = export(engine, out, settings={"threshold": 0, **settings}, did=did, read_posts=False)
+        outcome = export(
+            engine, out, settings={"threshold": 0, **settings}, did=did, read_posts=False,
+            media=media_dir is not None, media_dir=media_dir,
+        )  # fmt: skip
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -107,3 +110,21 @@ def test_two_megabyte_posts_stay_within_the_byte_budget(tmp_path: Path) -> None:
     print(f"tracemalloc peak, 40 posts of 2 MiB: 16 MiB budget {bounded / mib:.0f} MiB, none {unbounded / mib:.0f} MiB")
     assert bounded < 128 * 2**20
     assert unbounded > 2 * bounded, "the budget should be what keeps memory down"
+
+
+def test_python_memory_does_not_grow_with_the_media_rows(tmp_path: Path) -> None:
+    """The selection's media rows are spooled to disk and copied from there: ten times the rows, the same peak."""
+    peaks = {}
+    for count in (1_000, 10_000):
+        root = tmp_path / f"media-{count}"
+        root.mkdir()
+        posts = [post_row(n, has_media=True) for n in range(1_000)]
+        files = {f"{n:05d}-{'m' * 60}.jpg": (n % len(posts), b"x") for n in range(count)}
+        engine, media_dir = archive_with_media(root, posts, files)
+        peaks[count] = traced_peak(engine, root / "out", "did:plc:owner", media_dir=media_dir)
+        engine.dispose()
+        (export_dir,) = (root / "out").glob("*/*/*")
+        assert len(list((export_dir / "media").iterdir())) == count
+    mib = 2**20
+    print(f"tracemalloc peak: 1,000 media rows {peaks[1_000] / mib:.1f} MiB, 10,000 {peaks[10_000] / mib:.1f} MiB")
+    assert peaks[10_000] < peaks[1_000] * 1.3 + mib
