@@ -63,9 +63,8 @@ class StreamDigest:
     The pieces are copied into one of two buffers of _CHUNK bytes, allocated once; a full buffer goes to
     the hashing thread, which gives it back once hashed. So each ``update`` of the hashing thread is a
     large one (it lets go of the GIL, and must wait for it again after each), and no fresh memory is
-    touched for the copies. Measured, 1M posts to JSON, time with checksums over without: 1.11x with
-    every piece handed over, 1.07-1.09x with the pieces joined into fresh 4 MiB chunks, 0.98x with two
-    4 MiB buffers (peak RSS 64.6 MB against 55.7 without); the buffers are 2 MiB (see docs/benchmarks.md).
+    touched for the copies. Larger buffers cost less time and more memory; the measured trade-off, and
+    why the buffers are 2 MiB, are in docs/benchmarks.md ("Checksums on JSON").
     """
 
     def __init__(self) -> None:
