@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -92,6 +94,41 @@ def archive_with_media(
     engine = make_engine(root / "a.db")
     insert_rows(engine, posts, media)
     return engine, media_dir
+
+
+def add_slow_media_file(engine: Engine, media_dir: Path) -> Path:
+    """A media row ``slow.jpg`` for the first post (by uri), its file a FIFO: storage that answers only
+    once :func:`feed_fifo` writes to it. Returns the FIFO's path."""
+    media_dir.mkdir(parents=True, exist_ok=True)
+    fifo = media_dir / "slow.jpg"
+    os.mkfifo(fifo)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
+            " SELECT 'slow', uri, 'image/jpeg', 'slow.jpg', 4, created_at FROM posts ORDER BY uri LIMIT 1"
+        )
+    return fifo
+
+
+def feed_fifo(fifo: Path, data: bytes = b"jpeg", *, timeout: float = 30) -> bool:
+    """Write ``data`` to ``fifo`` once a reader has it open, never blocking while none has; whether one
+    came within ``timeout`` seconds. A reader that went away meanwhile (its export stopped) is not minded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader (yet)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+            continue
+        try:
+            os.write(fd, data)
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(fd)
+        return True
 
 
 @dataclass

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import Outcome, export, insert_rows, make_engine, media_row, post_row
+from .harness import Outcome, export, feed_fifo, insert_rows, make_engine, media_row, post_row
 
 
 @pytest.fixture
@@ -119,14 +118,7 @@ def test_an_interrupt_while_a_copy_waits_on_storage_does_not_hang(
     assert time.monotonic() - started < 10
     assert "a media file copy is still waiting on its storage" in caplog.text
     assert [p for p in (tmp_path / "out").rglob("*") if ".staging-" in p.name] == []
-    # The storage answers at last. Opened without blocking (no reader left: ENXIO) and written without
-    # minding a reader that already went away (its folder is gone): either way the worker ends.
-    with suppress(OSError):
-        fifo = os.open(media_dir / "stuck.jpg", os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(fifo, b"late")
-        finally:
-            os.close(fifo)
+    feed_fifo(media_dir / "stuck.jpg", b"late", timeout=0)  # the storage answers at last: the worker ends
     deadline = time.monotonic() + 10
     while any(t.name.startswith("export-media") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)

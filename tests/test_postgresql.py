@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from export_batching_plugin.batched import ExportFailed
 
 from .conftest import Archive
 from .differential import STAMPS, fill, posts, run_both
-from .harness import export, insert_rows, post_row
+from .harness import add_slow_media_file, export, feed_fifo, insert_rows, post_row
 from .postgres import DRIVER, pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
 
 pytestmark = pytest.mark.postgresql
@@ -165,14 +164,7 @@ def test_connection_killed_mid_export_fails_cleanly(engine: Engine, pg_url: str,
 def slow_media_archive(engine: Engine, media_dir: Path) -> Path:
     """300 posts, one media file on "slow storage": a FIFO that :func:`feed_after` writes to later."""
     fill(engine, [{"text": "x"}], 300, spread=True)
-    media_dir.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(media_dir / "slow.jpg")
-    with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
-                 " SELECT 'slow', uri, 'image/jpeg', 'slow.jpg', 4, created_at FROM posts ORDER BY uri LIMIT 1")
-        )  # fmt: skip
-    return media_dir / "slow.jpg"
+    return add_slow_media_file(engine, media_dir)
 
 
 def feed_after(fifo: Path, seconds: float, then: Callable[[], None] | None = None) -> threading.Thread:
@@ -180,8 +172,7 @@ def feed_after(fifo: Path, seconds: float, then: Callable[[], None] | None = Non
         time.sleep(seconds)
         if then is not None:
             then()
-        with open(fifo, "wb") as stream:
-            stream.write(b"jpeg")
+        feed_fifo(fifo)
 
     thread = threading.Thread(target=feed)
     thread.start()

@@ -9,7 +9,6 @@ arrival times, from a real process.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ from export_batching_plugin import writing
 from export_batching_plugin.progress import ProgressReporter
 
 from .conftest import plugin_toml
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import add_slow_media_file, export, feed_fifo, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 #: skyarchive's console prints a line 5 s after the last at the earliest; a report must be there by then.
@@ -206,15 +205,8 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
     """A media file on slow storage (a FIFO written once two status lines are out): a line at least every 5 s."""
     engine = make_engine(tmp_path / "skyarchive.db")
     seed_archive(engine, posts_table, media_table, posts=300, media_every=0, media_dir=tmp_path / "media")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
-            " SELECT 'slow', uri, 'image/jpeg', 'slow.jpg', 4, created_at FROM posts LIMIT 1"
-        )
+    fifo = add_slow_media_file(engine, tmp_path / "media")
     engine.dispose()
-    fifo = tmp_path / "media" / "slow.jpg"
-    fifo.parent.mkdir(exist_ok=True)
-    os.mkfifo(fifo)
     plugin_config(tmp_path)
     command = [sys.executable, "-m", "skyarchive", "export", "--did", DEFAULT_DID, "--format", "json", "--media"]
 
@@ -224,8 +216,7 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
         deadline = time.monotonic() + 30
         while sum("WARNING: export_batching:" in line for _, line in lines) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        with open(fifo, "wb") as stream:
-            stream.write(b"jpeg")
+        feed_fifo(fifo)
 
     code, lines, ended = timed_lines(command, tmp_path, during=feed_late)
     assert code == 0, lines

@@ -27,7 +27,7 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 from export_batching_plugin import staging
 
 from .conftest import Archive, plugin_toml
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import add_slow_media_file, export, feed_fifo, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 FOLDER = DEFAULT_DID.replace(":", "_")
@@ -147,35 +147,18 @@ def namespaces() -> None:
 @pytest.fixture
 def archives(tmp_path: Path) -> Iterator[Path]:
     """``slow.db``: 50 posts, one media file that is a FIFO (slow storage: the export waits on it until
-    :func:`feed` writes to it); ``small.db``: 50 posts of the same owner. And the config, plugin on."""
+    :func:`feed_fifo` writes to it); ``small.db``: 50 posts of the same owner. And the config, plugin on."""
     root = tmp_path / "archives"
     (root / "media").mkdir(parents=True)
     for name in ("slow", "small"):
         engine = make_engine(root / f"{name}.db")
         seed_archive(engine, posts_table, media_table, posts=50, media_every=0, media_dir=root / "media")
         if name == "slow":
-            with engine.begin() as conn:
-                uri = conn.execute(posts_table.select().limit(1)).first()[0]  # type: ignore[index]
-                conn.execute(media_table.insert(), [{"hash": "slow", "post_uri": uri, "mime_type": "image/jpeg",
-                    "file_path": "slow.jpg", "size_bytes": 4, "created_at": "2025-01-01T00:00:00.000Z"}])  # fmt: skip
+            add_slow_media_file(engine, root / "media")
         engine.dispose()
-    os.mkfifo(root / "media" / "slow.jpg")
     (root / "skyarchive.toml").write_text(plugin_toml(threshold=0), encoding="utf-8")
     yield root
-    feed(root, timeout=0)  # unblock an export a failed test left waiting
-
-
-def feed(root: Path, *, timeout: float = 30) -> None:
-    """Write the slow media file (the FIFO), once a reader has opened it."""
-    try:
-        fd = os.open(root / "media" / "slow.jpg", os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:  # no reader (yet)
-        if timeout <= 0:
-            return
-        time.sleep(0.05)
-        return feed(root, timeout=timeout - 0.05)
-    with os.fdopen(fd, "wb") as fifo:
-        fifo.write(b"jpeg")
+    feed_fifo(root / "media" / "slow.jpg", timeout=0)  # unblock an export a failed test left waiting
 
 
 def wait_until_unlocked(path: Path, timeout: float = 10) -> None:
@@ -234,7 +217,7 @@ def test_exports_from_two_pid_namespaces_into_one_folder_both_complete(
         assert running.poll() is None, "the running export should still be waiting on its slow media file"
         assert live.is_dir(), "the newcomer removed a running export's staging directory"
         assert "removed" not in newcomer.stderr
-        feed(archives)
+        feed_fifo(archives / "media" / "slow.jpg")
         stdout, stderr = running.communicate(timeout=120)
     finally:
         running.kill()
@@ -286,15 +269,17 @@ def test_a_did_that_would_leave_the_exports_folder_is_refused(archive: Archive, 
 # -- races, each forced where it can happen -----------------------------------------------------------
 
 
+def no_locks(fd: int, operation: int) -> None:
+    """``flock`` on a filesystem without locks (an NFS mount without lockd, say)."""
+    raise OSError(errno.ENOLCK, "No locks available")
+
+
 def test_cleanup_on_a_filesystem_without_locks_leaves_the_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No locks on this filesystem (ENOLCK, say an NFS mount without lockd): cleanup leaves everything alone."""
     stale = tmp_path / stale_name(0, "0" * 16)
     stale.mkdir()
-
-    def no_locks(fd: int, operation: int) -> None:
-        raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(staging.fcntl, "flock", no_locks)
     assert staging.remove_stale_staging(tmp_path) == [] and stale.is_dir()
@@ -311,9 +296,6 @@ def test_an_exports_folder_without_locks_still_exports(
     folder.mkdir(parents=True)
     left = folder / stale_name(0, "0" * 16)
     left.mkdir()
-
-    def no_locks(fd: int, operation: int) -> None:
-        raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(staging.fcntl, "flock", no_locks)
     with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
