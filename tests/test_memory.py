@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -113,18 +114,26 @@ def test_two_megabyte_posts_stay_within_the_byte_budget(tmp_path: Path) -> None:
 
 
 def test_python_memory_does_not_grow_with_the_media_rows(tmp_path: Path) -> None:
-    """The selection's media rows are spooled to disk and copied from there: ten times the rows, the same peak."""
+    """The selection's media rows are spooled to disk and handed to the copiers from there: twenty times the
+    rows, the same peak. The files are missing, so every row takes the whole path (listed, spooled, dispatched,
+    given to skyarchive's copy_media_file, counted) without the copies' own 1 MiB read buffers, whose overlap
+    with the rest moved the peak by up to 2.8 MiB between runs; the warnings are not logged (pytest would
+    keep every record)."""
     peaks = {}
-    for count in (1_000, 10_000):
+    for count in (1_000, 20_000):
         root = tmp_path / f"media-{count}"
         root.mkdir()
-        posts = [post_row(n, has_media=True) for n in range(1_000)]
-        files = {f"{n:05d}-{'m' * 60}.jpg": (n % len(posts), b"x") for n in range(count)}
+        posts = [post_row(n, has_media=True) for n in range(10)]
+        files = {f"{n:05d}-{'m' * 60}.jpg": (n % len(posts), None) for n in range(count)}
         engine, media_dir = archive_with_media(root, posts, files)
-        peaks[count] = traced_peak(engine, root / "out", "did:plc:owner", media_dir=media_dir)
+        logging.disable(logging.WARNING)
+        try:
+            peaks[count] = traced_peak(engine, root / "out", "did:plc:owner", media_dir=media_dir)
+        finally:
+            logging.disable(logging.NOTSET)
         engine.dispose()
-        (export_dir,) = (root / "out").glob("*/*/*")
-        assert len(list((export_dir / "media").iterdir())) == count
+        (manifest,) = (root / "out").glob("*/*/*/manifest.json")
+        assert simplejson.loads(manifest.read_text(encoding="utf-8"))["media_skipped"] == count
     mib = 2**20
-    print(f"tracemalloc peak: 1,000 media rows {peaks[1_000] / mib:.1f} MiB, 10,000 {peaks[10_000] / mib:.1f} MiB")
-    assert peaks[10_000] < peaks[1_000] * 1.3 + mib
+    print(f"tracemalloc peak: 1,000 media rows {peaks[1_000] / mib:.1f} MiB, 20,000 {peaks[20_000] / mib:.1f} MiB")
+    assert peaks[20_000] < peaks[1_000] * 1.3 + 2 * mib  # seen: +1.3 MiB at most; rows kept in memory: +10 MiB
