@@ -118,8 +118,8 @@ def test_python_memory_does_not_grow_with_the_media_rows(tmp_path: Path) -> None
     rows, the same peak.
 
     Every row takes the whole path (listed, spooled, dispatched, given to skyarchive's copy_media_file,
-    counted) but copies nothing: its file is missing, so the copies' 1 MiB read buffers do not move the
-    peak, and the warnings are not logged (pytest would keep every record). Each size is exported twice
+    counted) but copies nothing (its file is missing: fast, and no copy's read buffer in the peak), and
+    the warnings are not logged (pytest would keep every record). Each size is exported twice
     and the lower peak kept: a one-time growth of a process-wide table (Python's dict of interned strings,
     3.7 MiB, measured, which pathlib in copy_media_file adds to) lands in one run of the two at most.
     """
