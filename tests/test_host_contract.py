@@ -12,7 +12,9 @@ import importlib
 import json
 import logging
 import re
+import site
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,10 +64,11 @@ def test_the_contract_page_lists_the_same_names() -> None:
 
 
 def test_the_package_under_test_is_the_installed_one() -> None:
-    """The tests import the installed wheel, not the work tree (src/ layout)."""
+    """The tests import the installed wheel from the environment's site-packages, not the work tree beside them."""
     location = Path(export_batching_plugin.__file__).resolve()
-    assert "site-packages" in location.parts, location
-    assert REPOSITORY / "src" not in location.parents
+    site_packages = {Path(p).resolve() for p in (*site.getsitepackages(), sysconfig.get_paths()["purelib"])}
+    assert site_packages & set(location.parents), (location, site_packages)
+    assert REPOSITORY / "export_batching_plugin" not in location.parents, location
 
 
 # -- a host the plugin is not proven on: it steps aside, with one warning line per export ----------
