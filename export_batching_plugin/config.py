@@ -1,36 +1,115 @@
-"""The plugin's settings: its ``[plugins.export_batching]`` table, validated."""
+"""The plugin's settings: its ``[plugins.export_batching]`` table, validated.
+
+Each setting is declared once, in :class:`Settings`: its type (the annotation), its default, its bounds
+and its description (:func:`setting`). Validation (:func:`parse_settings`), the error messages and the
+table of docs/configuration.md (checked by a test) all follow from that declaration.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 
 class ConfigError(ValueError):
     """A bad ``[plugins.export_batching]`` table; the message is one line."""
 
 
+def setting(default: Any, description: str, *, minimum: int | None = None, positive: bool = False) -> Any:
+    """A field of :class:`Settings`: its default, what it means, and its bounds.
+
+    ``minimum``: the smallest integer allowed; ``positive``: a number above 0 (and finite).
+    """
+    return field(default=default, metadata={"description": description, "minimum": minimum, "positive": positive})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Validated settings; the defaults are those of an absent table."""
 
-    #: Selections with fewer posts than this are left to the host's exporter.
-    threshold: int = 5000
-    #: Posts fetched, encoded and written per batch.
-    batch_size: int = 1000
-    #: Upper bound on the stored size of one batch; batches of large posts shrink to fit.
-    max_batch_bytes: int = 16 * 1024 * 1024
-    #: Longest gap between two progress lines on the console, in seconds.
-    progress_interval: float = 5.0
-    #: Write a SHA256SUMS of every file into each export (then every selection goes through the plugin).
-    checksums: bool = False
+    threshold: int = setting(
+        5000,
+        "selections with fewer posts than this are exported by skyarchive's own exporter;"
+        " `0` sends every export through the plugin",
+        minimum=0,
+    )
+    batch_size: int = setting(1000, "posts fetched, encoded and written per batch", minimum=1)
+    max_batch_bytes: int = setting(
+        16 * 1024 * 1024,
+        "upper bound on the stored size of one batch; batches of very large posts (rich embeds) shrink to"
+        " stay within it",
+        minimum=1,
+    )
+    progress_interval: float = setting(
+        5.0,
+        "the longest the console may go without a line, matching skyarchive's console (at most one"
+        " progress line per 5 s)",
+        positive=True,
+    )
+    checksums: bool = setting(
+        False,
+        "write a `SHA256SUMS` of every file into each export; with `true`, every export goes through the"
+        " plugin, whatever `threshold` says",
+    )
 
 
-_MINIMUM = {"threshold": 0, "batch_size": 1, "max_batch_bytes": 1}
-_FLOATS = {"progress_interval"}
-_BOOLS = {"checksums"}
+@dataclass(frozen=True)
+class Declared:
+    """One setting as :class:`Settings` declares it."""
+
+    name: str
+    kind: type  #: int, float or bool
+    default: Any
+    description: str
+    minimum: int | None
+    positive: bool
+
+    @property
+    def type_name(self) -> str:
+        return {int: "integer", float: "number", bool: "boolean"}[self.kind]
+
+    @property
+    def allowed(self) -> str:
+        """The values allowed, as docs/configuration.md writes them."""
+        if self.kind is bool:
+            return "`true`, `false`"
+        if self.positive:
+            return "> 0, finite"
+        return f"≥ {self.minimum}" if self.minimum is not None else "any"
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this setting holds it; ConfigError (one line, naming the key) if it is not allowed."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{self.name} must be true or false, not {type(value).__name__} {value!r}")
+            return value
+        accepted = (int, float) if self.kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            kind = "a number" if self.kind is float else "an integer"
+            raise ConfigError(f"{self.name} must be {kind}, not {type(value).__name__} {value!r}")
+        if self.positive and not 0 < value < math.inf:
+            raise ConfigError(f"{self.name} must be a positive finite number, not {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{self.name} must be at least {self.minimum}, not {value!r}")
+        return self.kind(value)
+
+
+def declared() -> dict[str, Declared]:
+    """Every setting, by name, in the order :class:`Settings` declares them."""
+    hints = get_type_hints(Settings)
+    return {
+        f.name: Declared(
+            name=f.name,
+            kind=hints[f.name],
+            default=f.default,
+            description=f.metadata["description"],
+            minimum=f.metadata["minimum"],
+            positive=f.metadata["positive"],
+        )
+        for f in fields(Settings)
+    }
 
 
 def parse_settings(table: Mapping[str, Any]) -> Settings:
@@ -39,25 +118,8 @@ def parse_settings(table: Mapping[str, Any]) -> Settings:
     >>> parse_settings({"batch_size": 500}).batch_size
     500
     """
-    known = {f.name: f for f in fields(Settings)}
+    known = declared()
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"unknown key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    values: dict[str, Any] = {}
-    for name, value in table.items():
-        if name in _BOOLS:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be true or false, not {type(value).__name__} {value!r}")
-            values[name] = value
-            continue
-        wants_float = name in _FLOATS
-        if isinstance(value, bool) or not isinstance(value, (int, float) if wants_float else int):
-            kind = "a number" if wants_float else "an integer"
-            raise ConfigError(f"{name} must be {kind}, not {type(value).__name__} {value!r}")
-        number: float = value
-        if wants_float and not 0 < number < math.inf:
-            raise ConfigError(f"{name} must be a positive finite number, not {value!r}")
-        if not wants_float and number < _MINIMUM[name]:
-            raise ConfigError(f"{name} must be at least {_MINIMUM[name]}, not {value!r}")
-        values[name] = float(number) if wants_float else number
-    return Settings(**values)
+    return Settings(**{name: known[name].check(value) for name, value in table.items()})

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from export_batching_plugin.config import ConfigError, Settings, parse_settings
+from export_batching_plugin.config import ConfigError, Settings, declared, parse_settings
 
 from .conftest import DID, Archive
 
@@ -23,6 +25,29 @@ def test_valid_values_are_kept() -> None:
     settings = parse_settings(table)
     assert settings == Settings(threshold=0, batch_size=1, max_batch_bytes=4096, progress_interval=1.0, checksums=True)
     assert isinstance(settings.progress_interval, float)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def toml_value(text: str) -> object:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - 3.10
+        import tomli as tomllib
+    return tomllib.loads(f"v = {text}")["v"]
+
+
+def test_the_configuration_page_agrees_with_the_declared_settings() -> None:
+    """docs/configuration.md's table: each key once, with the declared type, default, bounds and meaning."""
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| `([^`]+)`[^|]* \| ([^|]+) \| (.+) \|$", DOCS.read_text("utf-8"), re.M)
+    documented = {
+        name: (kind, toml_value(default), allowed.strip(), meaning.strip())
+        for name, kind, default, allowed, meaning in rows
+    }
+    assert len(documented) == len(rows), "a key is documented twice"
+    expected = {s.name: (s.type_name, s.default, s.allowed, s.description) for s in declared().values()}
+    assert documented == expected
 
 
 BAD_TABLES = [
