@@ -1,11 +1,22 @@
-"""The batched export, start to end: the diagram of docs/how-it-works.md, in order."""
+"""The batched export, start to end: the diagram of docs/how-it-works.md, in order.
+
+One lifecycle that always unwinds. Each resource the export makes registers its undo on one
+``ExitStack`` where it is made, in this order: the staging directory, the media copier, the read
+snapshot, the posts writer, the cursor, the progress reporter. A failure therefore unwinds them in the
+reverse order by construction: progress stopped first (nothing is reported once the export has failed),
+the cursor closed before the snapshot ends, the snapshot ended before the media workers are waited for
+and before the staging directory is removed. No undo raises: the first error is the one the user is
+told, with its phase (:class:`ExportFailed`).
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +25,7 @@ from sqlalchemy.engine import Connection
 from . import __version__, pgcopy
 from .checksums import SUMS_NAME, StreamDigest, file_digest, write_sums
 from .config import Settings
-from .encoding import Encoders, make_encoders
+from .encoding import Encoders
 from .host import (
     MANIFEST_NAME,
     MEDIA_DIR_NAME,
@@ -22,37 +33,51 @@ from .host import (
     ExportJob,
     ExportResult,
     SkyarchiveError,
-    UsageError,
     has_labels,
     write_manifest,
 )
 from .media import MediaCopier
 from .progress import Channel, ProgressReporter
-from .reading import (
-    Batch,
-    Snapshot,
-    count_archive,
-    count_selection,
-    read_batches,
-    read_copy_batches,
-    read_media_rows,
-)
-from .staging import Staging, fsync_directory, sync_tree
-from .writing import CsvWriter, PostsWriter, Sink, open_writer
+from .reading import Batch, Snapshot, count_archive, count_selection, read_batches, read_media_rows
+from .selfcheck import make_encoders
+from .staging import Staging, check_folder_name, fsync_directory, sync_tree
+from .writing import CsvWriter, PostsWriter, open_writer
 
 log = logging.getLogger("export_batching_plugin")
 EXPORTER = f"export_batching {__version__}"
 
 
+@dataclass(frozen=True)
+class Span:
+    """A batch as an error names it: its number and its posts (1-based, inclusive)."""
+
+    number: int
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, batch: Batch) -> Span:
+        return cls(batch.number, batch.offset + 1, batch.offset + len(batch.rows))
+
+    def __str__(self) -> str:
+        return f"batch {self.number} (posts {self.first}-{self.last})"
+
+
 class ExportFailed(SkyarchiveError):
-    """The export failed and left nothing; the message names the phase (batch, file) and what went wrong."""
+    """The export failed and left nothing (or says what it could not remove).
 
+    Its facts are attributes: ``phase`` (what the export was doing: ``"reading"`` or ``"writing"`` a
+    ``batch``, or a phase of its own such as ``"copying media files"``), ``batch`` (a :class:`Span`, or
+    None), ``cause`` (the exception that stopped it, also its ``__cause__``) and ``leftover`` (the
+    staging directory that could not be removed, or None). The message is one line made of them.
+    """
 
-def check_folder_name(did: str) -> None:
-    """Refuse a DID that, as skyarchive names the owner's folder, would lead out of the exports folder."""
-    folder = did.replace(":", "_")
-    if folder in ("", ".", "..") or "/" in folder or "\x00" in folder or (os.altsep and os.altsep in folder):
-        raise UsageError(f"--did {did!r} cannot name a folder inside the exports folder; nothing was exported")
+    def __init__(
+        self, phase: str, cause: BaseException, reason: str, *, batch: Span | None = None, leftover: str = ""
+    ) -> None:
+        self.phase, self.batch, self.cause, self.leftover = phase, batch, cause, leftover or None
+        where = f"{phase} {batch}" if batch is not None else phase
+        super().__init__(f"{where} failed: {reason}{leftover}")
 
 
 def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> ExportResult | None:
@@ -62,44 +87,41 @@ def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> Expo
 
 
 class _Export:
-    """One batched export: its state, so that any failure can say where it was and clean up what it made."""
+    """One batched export: where it is (``phase``, ``batch``), so that a failure can say so."""
 
     def __init__(self, job: ExportJob, settings: Settings, channel: Channel) -> None:
         self.job, self.settings, self.channel = job, settings, channel
         self.phase = "counting posts"
-        self.snapshot: Snapshot | None = None
+        self.batch: Span | None = None
         self.staging: Staging | None = None
-        self.progress: ProgressReporter | None = None
-        self.writer: PostsWriter | None = None
-        self.media: MediaCopier | None = None
-        self.batches: Generator[Batch, None, None] | None = None
-        self.digest: StreamDigest | None = None
+        self.result: ExportResult | None = None  # once everything is written, before it is published
 
     def run(self) -> ExportResult | None:
+        """The export's result, or None when it is left to the host; ExportFailed (or an interrupt) if it failed."""
+        if not self._wanted():
+            return None
+        encoders = self._encoders()
         try:
-            if not self._write():
-                return None
-            self.phase = "publishing"
-            assert self.staging is not None
-            self.staging.publish()
+            with ExitStack() as stack:
+                result = self._export(stack, encoders)
         except BaseException as exc:
             if self.staging is None or not self.staging.published():
-                failure = self._failed(exc)
+                failure = self._failure(exc)
                 if failure is exc:
                     raise
                 raise failure from exc
             log.warning("export_batching: %s is complete; %s came after it was in place", self.job.export_dir, exc)
-        return self._published()
+            return self.result
+        return result
 
-    def _write(self) -> bool:
-        """Everything up to the publishing; False when the selection is left to the host."""
-        job, request, settings = self.job, self.job.request, self.settings
-        self.snapshot = Snapshot.open(job.engine)
-        conn = self.snapshot.conn
-        total = count_selection(conn, request)
-        if total < settings.threshold and not settings.checksums:
-            self.snapshot.end(complete=True)
-            return False
+    def _wanted(self) -> bool:
+        """Whether the plugin exports this selection (its size, counted once before anything is made)."""
+        if self.settings.checksums:
+            return True
+        with self.job.engine.connect() as conn:
+            return count_selection(conn, self.job.request) >= self.settings.threshold
+
+    def _encoders(self) -> Encoders:
         encoders = make_encoders()
         if encoders.fallback_reason is not None:
             log.warning(
@@ -107,127 +129,163 @@ class _Export:
                 " encoders (%s); exporting with skyarchive's own per-post functions (slower, same bytes)",
                 encoders.fallback_reason,
             )
+        return encoders
+
+    def _export(self, stack: ExitStack, encoders: Encoders) -> ExportResult:
+        """Everything, each resource's undo registered where it is made."""
+        job, request, settings = self.job, self.job.request, self.settings
         self.phase = "creating the staging directory"
-        self.staging = staging = Staging.create(job.export_dir)
-        self.progress = progress = ProgressReporter(self.channel, total, interval=settings.progress_interval).start()
+        self.staging = staging = stack.enter_context(Staging.create(job.export_dir))
+        media = None
         if request.media:
-            self.phase = "reading the media rows"
             (staging.path / MEDIA_DIR_NAME).mkdir()
-            self.media = MediaCopier(
-                media_root=job.config.media_dir,
-                dest=staging.path / MEDIA_DIR_NAME,
-                spool_dir=staging.path.parent,
-                checksums=settings.checksums,
+            media = stack.enter_context(
+                MediaCopier(
+                    media_root=job.config.media_dir,
+                    dest=staging.path / MEDIA_DIR_NAME,
+                    spool_dir=staging.path.parent,
+                    checksums=settings.checksums,
+                )
             )
-            self.media.spool(read_media_rows(conn, request))
-            self.media.start()
-        if settings.checksums:
-            self.digest = StreamDigest()
-        sink = self.digest.update if self.digest is not None else None
-        self.batches, self.writer = self._posts(conn, total, encoders, staging.path / POSTS_FILE[request.format], sink)
-        batches, writer = self.batches, self.writer
-        number = 0
-        while True:
-            self.phase = self._reading(number + 1, progress.processed, total)
-            batch = next(batches, None)
-            if batch is None:
-                break
-            number = batch.number
-            self.phase = f"writing {batch.describe()}"
+        progress = ProgressReporter(self.channel, interval=settings.progress_interval)
+        writer, digest = self._read(stack, encoders, media, progress)
+        self._finish(writer, digest, media, progress)
+        self.result = ExportResult(
+            export_dir=job.export_dir, post_count=progress.processed, media_count=media.copied if media else 0
+        )
+        self.phase = "publishing"
+        staging.publish()
+        self._published()
+        return self.result
+
+    def _read(
+        self, stack: ExitStack, encoders: Encoders, media: MediaCopier | None, progress: ProgressReporter
+    ) -> tuple[PostsWriter, StreamDigest | None]:
+        """Inside the read snapshot: count, list the media rows, write every post; then end the snapshot."""
+        job, request, settings = self.job, self.job.request, self.settings
+        assert self.staging is not None
+        self.phase = "counting posts"
+        snapshot = stack.enter_context(Snapshot.open(job.engine))
+        conn = snapshot.conn
+        total = count_selection(conn, request)
+        if media is not None:
+            self.phase = "reading the media rows"
+            media.spool(read_media_rows(conn, request))
+            media.start()
+        digest = stack.enter_context(StreamDigest()) if settings.checksums else None
+        path = self.staging.path / POSTS_FILE[request.format]
+        batches, writer = self._posts(conn, total, encoders, path, digest)
+        stack.enter_context(writer)
+        stack.enter_context(closing(batches))  # its cursor, before the snapshot ends
+        stack.enter_context(progress.start(total))  # stopped first: nothing is reported once the export failed
+        for batch in self._reading(batches, progress):
+            self.phase, self.batch = "writing", Span.of(batch)
             writer.write_batch(batch)
             progress.advance(len(batch.rows))
-            if self.media is not None:
-                self.phase = "copying media files"
-                self.media.check()
-        self.phase = f"finishing {writer.path.name}"
+            if media is not None:
+                self.phase, self.batch = "copying media files", None
+                media.check()
+        self.phase, self.batch = f"finishing {writer.path.name}", None
         writer.end()
-        self.snapshot.end(complete=True)
-        progress.finishing(self._status)
-        writer.sync()
-        if self.media is not None:
-            self.phase = "copying media files"
-            self.media.wait()
-        self.phase = f"writing {MANIFEST_NAME}"
-        write_manifest(
-            staging.path,
-            request=request,
-            exported_at=job.started_at,
-            post_count=progress.processed,
-            media_count=self.media.copied if self.media else 0,
-            media_skipped=self.media.skipped if self.media else 0,
-            exporter=EXPORTER,
-        )
-        if self.digest is not None:
-            self.phase = f"writing {SUMS_NAME}"
-            media_sums = self.media.sums() if self.media is not None else iter(())
-            write_sums(
-                staging.path / SUMS_NAME,
-                [
-                    (self.digest.hexdigest(), writer.path.name),
-                    (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME),
-                ],
-                media_sums,
-            )
-        self.phase = "syncing to disk"
-        sync_tree(staging.path)
-        return True
+        batches.close()
+        snapshot.end(complete=True)
+        return writer, digest
+
+    def _reading(self, batches: Iterator[Batch], progress: ProgressReporter) -> Iterator[Batch]:
+        """The batches, with the phase saying which one is being read (so that a failure names it)."""
+        size, total, number = self.settings.batch_size, progress.total, 0
+        while True:
+            done = progress.processed
+            if done >= total:
+                self.phase, self.batch = f"reading the end of the selection (after post {done} of {total})", None
+            else:
+                self.phase, self.batch = "reading", Span(number + 1, done + 1, min(done + size, total))
+            batch = next(batches, None)
+            if batch is None:
+                return
+            number = batch.number
+            yield batch
 
     def _posts(
-        self, conn: Connection, total: int, encoders: Encoders, path: Path, sink: Sink | None
+        self, conn: Connection, total: int, encoders: Encoders, path: Path, digest: StreamDigest | None
     ) -> tuple[Generator[Batch, None, None], PostsWriter]:
         """The stream of the posts' batches, and the writer of the posts file."""
         request, settings = self.job.request, self.settings
+        sink = digest.update if digest is not None else None
         sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
         if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
             stmt = pgcopy.copy_query(request, with_labels=has_labels(encoders.csv_header))
             encode = pgcopy.copy_lines_encoder(*encoders.fields)
-            return read_copy_batches(conn, stmt, **sizes), CsvWriter(path, encoders.csv_header, encode, sink)
+            return pgcopy.read_copy_batches(conn, stmt, **sizes), CsvWriter(path, encoders.csv_header, encode, sink)
         in_date_order = conn.dialect.name == "sqlite" and 2 * total >= count_archive(conn)  # most of the archive
         return read_batches(conn, request, in_date_order=in_date_order, **sizes), open_writer(
             request.format, path, encoders, sink
         )
 
-    def _reading(self, number: int, processed: int, total: int) -> str:
-        if processed >= total:
-            return f"reading the end of the selection (after post {processed} of {total})"
-        last = min(processed + self.settings.batch_size, total)
-        return f"reading batch {number} (posts {processed + 1}-{last})"
+    def _finish(
+        self, writer: PostsWriter, digest: StreamDigest | None, media: MediaCopier | None, progress: ProgressReporter
+    ) -> None:
+        """Outside the snapshot: the posts file synced, the media copied, the manifest, the sums, one sync."""
+        assert self.staging is not None
+        staging = self.staging
+        progress.finishing(self._status(progress, media))
+        writer.sync()
+        if media is not None:
+            self.phase = "copying media files"
+            media.wait(tick=progress.beat)
+        self.phase = f"writing {MANIFEST_NAME}"
+        write_manifest(
+            staging.path,
+            request=self.job.request,
+            exported_at=self.job.started_at,
+            post_count=progress.processed,
+            media_count=media.copied if media else 0,
+            media_skipped=media.skipped if media else 0,
+            exporter=EXPORTER,
+        )
+        if digest is not None:
+            self.phase = f"writing {SUMS_NAME}"
+            media_sums = media.sums() if media is not None else iter(())
+            write_sums(
+                staging.path / SUMS_NAME,
+                [(digest.hexdigest(), writer.path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
+                media_sums,
+            )
+        self.phase = "syncing to disk"
+        sync_tree(staging.path)
 
-    def _status(self) -> str:
+    def _status(self, progress: ProgressReporter, media: MediaCopier | None) -> Any:
         """What the export is doing once every post is written (for the progress line)."""
-        assert self.progress is not None
-        posts = f"all {self.progress.processed:,} posts written"
-        if self.phase == "copying media files" and self.media is not None:
-            return f"{posts}; copying media files: {self.media.done:,} of {self.media.rows:,} done"
-        return f"{posts}; {self.phase}"
 
-    def _cleanup(self) -> OSError | None:
-        """After a failure: stop everything, remove the staging directory; what stopped its removal, if anything."""
-        if self.progress is not None:
-            self.progress.stop()
-        if self.batches is not None:
-            self.batches.close()  # its cursor, before the snapshot ends
-        if self.writer is not None:
-            self.writer.abort()
-        if self.digest is not None:
-            self.digest.abort()
-        if self.media is not None:
-            self.media.abort()
-        if self.snapshot is not None:
-            self.snapshot.end(complete=False)
-        return self.staging.remove() if self.staging is not None else None
+        def status() -> str:
+            posts = f"all {progress.processed:,} posts written"
+            if self.phase == "copying media files" and media is not None:
+                return f"{posts}; copying media files: {media.done:,} of {media.rows:,} done"
+            return f"{posts}; {self.phase}"
 
-    def _failed(self, exc: BaseException) -> BaseException:
-        """The exception to raise for ``exc``, once everything is cleaned up."""
-        left = self._cleanup()
+        return status
+
+    def _published(self) -> None:
+        """The export is in place: nothing after this turns it into a failure."""
+        assert self.staging is not None
+        try:
+            fsync_directory(self.staging.final.parent)
+        except BaseException as exc:  # an interrupt too: the export is complete, so it is a success
+            log.warning("export_batching: %s is complete, but syncing its folder failed: %r", self.job.export_dir, exc)
+
+    # -- what the user is told ------------------------------------------------------------------------
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """The exception to raise for ``exc``; everything has been unwound by now."""
         leftover = ""
+        left = self.staging.removal_error if self.staging is not None else None
         if left is not None and self.staging is not None:
             leftover = f"; the incomplete export could not be removed: {self.staging.path} ({left.strerror or left})"
         if not isinstance(exc, Exception):  # an interrupt: skyarchive reports it
             if leftover:
                 log.warning("export_batching: interrupted%s", leftover)
             return exc
-        return ExportFailed(f"{self.phase} failed: {self._describe(exc)}{leftover}")
+        return ExportFailed(self.phase, exc, self._describe(exc), batch=self.batch, leftover=leftover)
 
     def _describe(self, exc: BaseException) -> str:
         """One line for any failure; an OSError names the file as the user will know it."""
@@ -248,15 +306,3 @@ class _Export:
         if self.staging is not None and text.startswith(str(self.staging.path)):
             return str(self.staging.final) + text[len(str(self.staging.path)) :]
         return text
-
-    def _published(self) -> ExportResult:
-        """The export is in place: nothing after this turns it into a failure."""
-        assert self.staging is not None and self.progress is not None
-        try:
-            fsync_directory(self.staging.final.parent)
-        except BaseException as exc:  # an interrupt too: the export is complete, so it is a success
-            log.warning("export_batching: %s is complete, but syncing its folder failed: %r", self.job.export_dir, exc)
-        self.staging.release()
-        self.progress.stop()
-        media = self.media.copied if self.media is not None else 0
-        return ExportResult(export_dir=self.job.export_dir, post_count=self.progress.processed, media_count=media)

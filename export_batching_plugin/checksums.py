@@ -18,10 +18,12 @@ import hashlib
 import itertools
 import os
 import queue
-import threading
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
+
+from .threads import start_thread
 
 SUMS_NAME = "SHA256SUMS"
 _CHUNK = 2 << 20
@@ -64,21 +66,33 @@ class StreamDigest:
     the hashing thread, which gives it back once hashed. So each ``update`` of the hashing thread is a
     large one (it lets go of the GIL, and must wait for it again after each), and no fresh memory is
     touched for the copies. Larger buffers cost less time and more memory; the measured trade-off, and
-    why the buffers are 2 MiB, are in docs/benchmarks.md ("Checksums on JSON").
+    why the buffers are 2 MiB, are in docs/benchmarks.md ("Checksums on JSON"). Where the thread cannot
+    be started, each piece is hashed as it is written. A context manager: the thread is stopped on the
+    way out.
     """
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
         self._full: queue.Queue[Any] = queue.Queue()
         self._free: queue.Queue[bytearray] = queue.Queue()
+        self._thread = start_thread(self._run, "export-sha256", doing="hashing the posts file")
+        if self._thread is None:
+            return
         for _ in range(2):
             self._free.put(bytearray(_CHUNK))
         self._buffer = self._free.get()
         self._used = 0
-        self._thread = threading.Thread(target=self._run, name="export-sha256", daemon=True)
-        self._thread.start()
+
+    def __enter__(self) -> StreamDigest:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.abort()
 
     def update(self, piece: Any) -> None:
+        if self._thread is None:
+            self._digest.update(piece)
+            return
         view = memoryview(piece).cast("B")
         while view:
             room = _CHUNK - self._used
@@ -95,14 +109,15 @@ class StreamDigest:
 
     def hexdigest(self) -> str:
         """Once everything is written: the digest."""
-        self._full.put((self._buffer, self._used))
-        self._full.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._full.put((self._buffer, self._used))
+            self._full.put(None)
+            self._thread.join()
         return self._digest.hexdigest()
 
     def abort(self) -> None:
-        """After a failure: stop the thread."""
-        if self._thread.is_alive():
+        """After a failure: stop the thread (again, or after :meth:`hexdigest`: nothing)."""
+        if self._thread is not None and self._thread.is_alive():
             self._full.put(None)
             self._thread.join()
 

@@ -2,12 +2,13 @@
 
 Each name is marked **documented** (part of skyarchive's export contract: the
 hook, its arguments and result, and the helpers its ``skyarchive.export``
-docstring lists) or **undocumented** (used all the same, and checked). The
-same list is in docs/host-contract.md, and tests/test_host_contract.py checks
-every name against each host release.
+docstring lists) or **undocumented** (used all the same, and checked): the
+imports below are grouped so. docs/host-contract.md lists every name, and
+tests/test_host_contract.py (which holds the same list as data) checks each
+against every host release.
 
 This module is imported only once :func:`export_batching_plugin.plugin.create_plugin`
-has found the installed skyarchive inside :data:`SUPPORTED`; before using it,
+has found the installed skyarchive among the supported releases; before using it,
 the plugin calls :func:`contract_problems`, and steps aside (skyarchive's own
 exporter runs) if it finds any.
 """
@@ -63,7 +64,7 @@ class PerPost:
     json_options: Mapping[str, Any]
     csv_header: tuple[str, ...]
     #: Undocumented and optional: used by the fast CSV path where present, so that it shares the
-    #: host's own code; the self-check (encoding.self_check) proves that path equal to ``csv_row``.
+    #: host's own code; the self-check (selfcheck.self_check) proves that path equal to ``csv_row``.
     media_hashes: Callable[[Any], list[str]] | None
     label_values: Callable[[Any], list[str]] | None
 
@@ -84,43 +85,6 @@ def per_post() -> PerPost:
         media_hashes=getattr(export, "media_hashes", None),
         label_values=getattr(export, "label_values", None),
     )
-
-
-@dataclass(frozen=True)
-class Name:
-    """One name the plugin takes from skyarchive, and what it expects of it."""
-
-    module: str
-    name: str  #: a dotted name is an attribute of a class
-    documented: bool
-    expects: str
-    releases: tuple[str, ...] = ("0.3", "0.4")  #: the host releases that have it
-
-
-NAMES = (
-    Name("skyarchive.hookspecs", "skyarchive_export", True, "the export hook: (job) on 0.3, (job, progress) on 0.4"),
-    Name("skyarchive.export", "ExportJob.report_progress", True, "the progress channel: (processed, total)", ("0.3",)),
-    Name("skyarchive.export", "Progress.update", True, "the progress channel: (processed, total)", ("0.4",)),
-    Name("skyarchive.errors", "SkyarchiveError", True, "an Exception the CLI prints as one line (exit 1)"),
-    Name("skyarchive.errors", "UsageError", True, "a SkyarchiveError for bad input (exit 2)"),
-    Name("skyarchive.export", "ExportJob", True, "dataclass: request, config, engine, export_dir, started_at"),
-    Name("skyarchive.export", "ExportResult", True, "dataclass: export_dir, post_count, media_count"),
-    Name("skyarchive.export", "ExportRequest", True, "frozen dataclass: did, format, since, until, media"),
-    Name("skyarchive.export", "selection_criteria", True, "selection_criteria(request) -> WHERE clauses"),
-    Name("skyarchive.export", "POST_ORDER", True, "the ORDER BY clauses: created_at DESC, uri ASC"),
-    Name("skyarchive.export", "post_record", True, "post_record(post) -> the posts.json object"),
-    Name("skyarchive.export", "JSON_OPTIONS", True, "the simplejson options of posts.json (a mapping)"),
-    Name("skyarchive.export", "CSV_HEADER", True, "the posts.csv header (a tuple of str)"),
-    Name("skyarchive.export", "csv_row", True, "csv_row(post) -> the posts.csv row"),
-    Name("skyarchive.export", "copy_media_file", True, "copy_media_file(media, media_root, dest_dir) -> bool"),
-    Name("skyarchive.export", "write_manifest", True, "write_manifest(export_dir, *, request, exported_at, ...)"),
-    Name("skyarchive.models", "posts_table", False, "the posts Table, columns as in the documented schema"),
-    Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
-    Name("skyarchive.export", "media_hashes", False, "media_hashes(embed) -> list of str (fast CSV path only)"),
-    Name(
-        "skyarchive.export", "label_values", False, "label_values(labels) -> list of str (fast CSV path only)", ("0.4",)
-    ),
-)
 
 
 def hook_arguments() -> tuple[str, ...]:
@@ -183,7 +147,6 @@ __all__ = [
     "MANIFEST_NAME",
     "MEDIA_COLUMNS",
     "MEDIA_DIR_NAME",
-    "NAMES",
     "POSTS_FILE",
     "POST_COLUMNS",
     "POST_ORDER",

@@ -8,6 +8,9 @@ starts at once, on worker threads, while the posts are still being read, and
 goes on after the snapshot has ended: the database is never held waiting for
 a slow disk.
 
+Where no thread can be started (a container's task limit), the rows are copied one after another on the
+export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as skyarchive alone copies them.
+
 Each file is copied with the host's own ``copy_media_file`` (same names,
 same refusal of paths outside ``media_dir``, same skips of missing files and
 repeated names). The copies are made durable by the export's final sync
@@ -32,13 +35,15 @@ import time
 import unicodedata
 import zlib
 from collections import namedtuple
-from collections.abc import Generator, Iterator
-from contextlib import closing
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, suppress
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 from . import host
 from .checksums import stream_digest
+from .threads import start_thread
 
 #: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
 #: in one folder contend for it: copying 10,000 media files took (medians of 6) 4.37 s one after another (as
@@ -69,7 +74,8 @@ class MediaCopier:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # started ones only
+        self._inline = False  # no threads: wait() copies
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
         """Write the media rows to the spool (inside the snapshot; fast, sequential)."""
@@ -81,14 +87,30 @@ class MediaCopier:
         self._spool.seek(0)
 
     def start(self) -> None:
-        """Start copying on the worker threads."""
-        self._threads = [threading.Thread(target=self._dispatch, name="export-media-rows", daemon=True)]
-        self._threads += [
-            threading.Thread(target=self._work, args=(n,), name=f"export-media-{n}", daemon=True)
-            for n in range(WORKERS)
-        ]
+        """Start copying on the worker threads; where they cannot all be started, :meth:`wait` copies instead."""
+        doing = "copying media files, once the posts are read,"
+        for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
+            worker = start_thread(self._work, f"export-media-{n}", n, doing=doing)
+            if worker is None:
+                break
+            self._threads.append(worker)
+        else:
+            dispatcher = start_thread(self._dispatch, "export-media-rows", doing=doing)
+            if dispatcher is not None:
+                self._threads.append(dispatcher)
+                return
+        self._stop.set()  # the workers started have no row: they stop
         for thread in self._threads:
-            thread.start()
+            thread.join()
+        self._threads, self._inline = [], True
+
+    def __enter__(self) -> MediaCopier:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Stop the workers and close the spools (after :meth:`wait`: nothing left to do); never raises."""
+        with suppress(BaseException):
+            self.abort()
 
     @property
     def done(self) -> int:
@@ -100,13 +122,34 @@ class MediaCopier:
         if self._error is not None:
             raise self._error
 
-    def wait(self) -> None:
-        """Wait until every row is handled; raise the first error a worker met."""
+    def wait(self, *, tick: Callable[[], None] = lambda: None) -> None:
+        """Wait until every row is handled (or, without threads, handle them); raise the first error.
+
+        ``tick`` is called while waiting, at least every 0.1 s (or after each file, without threads).
+        """
+        if self._inline:
+            self._copy_inline(tick)
         for thread in self._threads:
             while thread.is_alive():
                 thread.join(0.1)
+                tick()
         self._spool.close()
         self.check()
+
+    def _copy_inline(self, tick: Callable[[], None]) -> None:
+        for number, row in enumerate(self._rows()):
+            self._copy(number, row, self._sums[0] if self._sums else None)
+            tick()
+
+    def _rows(self) -> Iterator[Any]:
+        """The spooled rows, in order."""
+        while True:
+            try:
+                chunk = pickle.load(self._spool)
+            except EOFError:
+                return
+            for values in chunk:
+                yield _MediaRow._make(values)
 
     def sums(self) -> Iterator[tuple[str, str]]:
         """After :meth:`wait`, with checksums: ``(sha256, "media/<name>")`` of each file copied, in row order."""
@@ -130,13 +173,15 @@ class MediaCopier:
         folder gone and stops, and it is a daemon thread.
         """
         self._stop.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in self._threads):
-            log.warning("export_batching: a media file copy is still waiting on its storage; left to end by itself")
-        for stream in (self._spool, *self._sums):
-            stream.close()
+        try:
+            deadline = time.monotonic() + timeout
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if any(thread.is_alive() for thread in self._threads):
+                log.warning("export_batching: a media file copy is still waiting on its storage; left to end by itself")
+        finally:
+            for stream in (self._spool, *self._sums):
+                stream.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -154,19 +199,11 @@ class MediaCopier:
         return False
 
     def _dispatch(self) -> None:
-        number = 0  # the row's place in the export's order
         try:
-            while True:
-                try:
-                    chunk = pickle.load(self._spool)
-                except EOFError:
+            for number, row in enumerate(self._rows()):  # number: the row's place in the export's order
+                worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
+                if not self._put(self._queues[worker], (number, row)):
                     return
-                for values in chunk:
-                    row = _MediaRow._make(values)
-                    worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
-                    if not self._put(self._queues[worker], (number, row)):
-                        return
-                    number += 1
         except BaseException as exc:
             self._fail(exc)
         finally:

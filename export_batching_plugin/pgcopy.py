@@ -28,7 +28,8 @@ cannot be read a batch at a time), and a UTF-8 client encoding.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -38,6 +39,7 @@ from sqlalchemy.sql.expression import ColumnElement, Select
 
 from .csvlines import Field, csv_field
 from .host import POST_ORDER, ExportRequest, SkyarchiveError, posts_table, selection_criteria
+from .reading import Batch, batches_of_stream
 
 #: COPY rows (bytes, each ending with ``\n``) -> their posts.csv lines.
 CopyLinesEncoder = Callable[[Sequence[bytes]], bytes]
@@ -163,3 +165,13 @@ def copy_lines_encoder(media_of: Field, labels_of: Field) -> CopyLinesEncoder:
         return b"\r\n".join(lines) + b"\r\n" if lines else b""
 
     return encode
+
+
+def read_copy_batches(
+    conn: Connection, stmt: Select[Any], *, batch_size: int, max_batch_bytes: int, expected: int
+) -> Generator[Batch, None, None]:
+    """Like :func:`.reading.read_batches`, from the COPY of ``stmt``: each row is the bytes of one COPY line."""
+    return batches_of_stream(
+        partial(CopyRows, conn, stmt), batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
+        size_of=len,
+    )  # fmt: skip

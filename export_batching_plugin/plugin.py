@@ -3,7 +3,7 @@
 skyarchive calls :func:`create_plugin` with the ``[plugins.export_batching]``
 table and registers what it returns. The factory validates the table, then
 checks the installed skyarchive: its release must be one the plugin is proven
-on (:data:`SUPPORTED`) and every name the plugin takes from it must be there,
+on (:func:`supported_releases`, read from the package metadata) and every name the plugin takes from it must be there,
 with the shape the plugin expects (:mod:`.host`). Then it returns the hooks
 that fit that host (0.4 hands the hook a progress reporter, 0.3 does not).
 On any other host it returns hooks that step aside: skyarchive's own exporter
@@ -25,9 +25,24 @@ from .config import Settings, parse_settings
 hookimpl = pluggy.HookimplMarker("skyarchive")
 log = logging.getLogger("export_batching_plugin")
 
-#: The skyarchive releases this plugin is proven on (tox tests each); pyproject.toml declares the same.
-SUPPORTED = ((0, 3), (0, 5))
-SUPPORTED_TEXT = "skyarchive>=0.3,<0.5"
+DISTRIBUTION = "export-batching-plugin"
+
+
+def supported_releases() -> tuple[tuple[int, int], tuple[int, int], str] | None:
+    """The skyarchive releases this plugin is proven on (tox tests each), as pyproject.toml declares them
+    (its one place): ``(lowest, first not supported, "skyarchive>=0.3,<0.6")``, or None if not declared."""
+    try:
+        requirements = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return None
+    for requirement in requirements:
+        if re.match(r"skyarchive\b", requirement) and ";" not in requirement:
+            low = re.search(r">=\s*(\d+)\.(\d+)", requirement)
+            high = re.search(r"<\s*(\d+)\.(\d+)", requirement)
+            if low and high:
+                lowest, above = (int(low[1]), int(low[2])), (int(high[1]), int(high[2]))
+                return lowest, above, f"skyarchive>={low[1]}.{low[2]},<{high[1]}.{high[2]}"
+    return None
 
 
 def installed_host_version() -> str | None:
@@ -41,10 +56,14 @@ def installed_host_version() -> str | None:
 def host_problem() -> str | None:
     """Why the plugin must not export with the installed skyarchive, or None when it may."""
     version = installed_host_version()
+    supported = supported_releases()
+    if supported is None:
+        return f"the {DISTRIBUTION} package metadata does not say which skyarchive releases it supports"
+    lowest, above, text = supported
     match = re.match(r"(\d+)\.(\d+)", version or "")
     release = (int(match[1]), int(match[2])) if match else None
-    if release is None or not SUPPORTED[0] <= release < SUPPORTED[1]:
-        return f"skyarchive {version} is not a release this plugin is proven on ({SUPPORTED_TEXT})"
+    if release is None or not lowest <= release < above:
+        return f"skyarchive {version} is not a release this plugin is proven on ({text})"
     try:
         from . import host
     except ImportError as exc:

@@ -15,6 +15,10 @@ plain lines, at most one per 5 s, and always when ``processed`` reaches
   ``interval`` is about to pass without a line, one status line is logged
   saying what is being done (``export_batching: … syncing 10,210 media files``).
 
+The repeating is done by a heartbeat thread. Where no thread can be started (a container's task limit),
+the export's own thread calls :meth:`ProgressReporter.beat` from its waiting loops instead, which does
+what the heartbeat would have done by then.
+
 Nothing is reported once the export has stopped (:meth:`ProgressReporter.stop`).
 If the host's channel raises on the heartbeat's thread, the heartbeat stops and
 the export's next report raises the same exception, as it would have there.
@@ -28,34 +32,37 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .threads import start_thread
+
 Channel = Callable[[int, int], None]
 log = logging.getLogger("export_batching_plugin")
 
 
 class ProgressReporter:
-    """Use as a context manager around the export; :meth:`advance` after each batch, then :meth:`finishing`."""
+    """:meth:`start` with the total (a context manager: stopped on the way out); :meth:`advance` after each
+    batch, then :meth:`finishing`."""
 
-    def __init__(self, channel: Channel, total: int, *, interval: float) -> None:
+    def __init__(self, channel: Channel, *, interval: float) -> None:
         self._channel = channel
-        self.total = total
-        self.processed = 0
+        self.total = self.processed = 0
         self.interval = interval
         self.tick = min(0.1, interval / 10)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._last = 0.0  # when the channel was last called
+        self._last = 0.0  # when the channel was last called (or a status line logged)
         self._status: Callable[[], str] | None = None  # set in the finishing phase
         self._failure: BaseException | None = None  # what the channel raised on the heartbeat's thread
-        self._thread = threading.Thread(target=self._heartbeat, name="export-progress", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> ProgressReporter:
-        """Report ``(0, total)`` and start the heartbeat."""
+    def start(self, total: int) -> ProgressReporter:
+        """Report ``(0, total)`` and start the heartbeat (where a thread can be started)."""
+        self.total = total
         self._report()
-        self._thread.start()
+        self._thread = start_thread(self._heartbeat, "export-progress", doing="repeating the progress count")
         return self
 
     def __enter__(self) -> ProgressReporter:
-        return self.start()
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
@@ -63,7 +70,8 @@ class ProgressReporter:
     def stop(self) -> None:
         """No more reports, from now on."""
         self._stopped.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def advance(self, count: int) -> None:
         """``count`` more posts are written: report."""
@@ -78,6 +86,14 @@ class ProgressReporter:
             self.total = self.processed
             self._report()
 
+    def beat(self) -> None:
+        """What the heartbeat does when it is due; called by the export's own thread where there is none."""
+        if self._thread is None and not self._stopped.is_set():
+            with self._lock:
+                self._due(time.monotonic())
+            if self._failure is not None:
+                raise self._failure
+
     def _report(self) -> None:
         with self._lock:
             if self._failure is not None:  # the channel failed on the heartbeat's thread: it fails here too
@@ -88,18 +104,21 @@ class ProgressReporter:
     def _heartbeat(self) -> None:
         while not self._stopped.wait(self.tick):
             with self._lock:
-                if self._stopped.is_set():
+                if self._stopped.is_set() or not self._due(time.monotonic()):
                     return
-                now = time.monotonic()
-                try:
-                    if self._status is None:
-                        # 100% is printed at once by a console; a repeat would print again
-                        if now - self._last >= self.tick and self.processed < self.total:
-                            self._last = now
-                            self._channel(self.processed, self.total)
-                    elif now - self._last >= self.interval - self.tick:
-                        self._last = now
-                        log.warning("export_batching: %s", self._status())
-                except BaseException as exc:  # the host's listener raised: the export's own thread raises it
-                    self._failure = exc
-                    return
+
+    def _due(self, now: float) -> bool:
+        """Report or log what is due at ``now`` (under the lock); False once the channel has failed."""
+        try:
+            if self._status is None:
+                # 100% is printed at once by a console; a repeat would print again
+                if now - self._last >= self.tick and self.processed < self.total:
+                    self._last = now
+                    self._channel(self.processed, self.total)
+            elif now - self._last >= self.interval - self.tick:
+                self._last = now
+                log.warning("export_batching: %s", self._status())
+        except BaseException as exc:  # the host's listener raised: the export's own thread raises it
+            self._failure = exc
+            return False
+        return True

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
+from types import TracebackType
 from typing import Any, Protocol
 
 from sqlalchemy import func, literal_column, select
@@ -23,6 +24,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import Select
 
 from .host import POST_COLUMNS, POST_ORDER, ExportRequest, media_table, posts_table, selection_criteria
+from .threads import start_thread
 
 log = logging.getLogger("export_batching_plugin")
 
@@ -68,6 +70,14 @@ class Snapshot:
         self._root, self._transaction = root, transaction
         self._open = True
 
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """End the transaction if it is still open; never raises (the failure that stopped the reading is told)."""
+        with suppress(BaseException):
+            self.end(complete=False)
+
     @classmethod
     def open(cls, engine: Engine) -> Snapshot:
         root = engine.connect()
@@ -98,15 +108,18 @@ class Snapshot:
         if not self._open:
             return
         self._open = False
+        ended = False
         try:
             self._transaction.rollback()
+            ended = True
         except Exception as exc:
             if complete:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 log.warning("export_batching: every row was read, but ending the read transaction failed: %s", first)
-            with suppress(Exception):
-                self._root.invalidate()  # not back to the pool as it is: its reset would fail and log again
         finally:
+            if not ended:  # not back to the pool as it is: its reset would fail and log again
+                with suppress(Exception):
+                    self._root.invalidate()
             self._root.close()
 
 
@@ -231,25 +244,13 @@ def read_batches(
     see :func:`_in_date_order` (SQLite).
     """
     query = _posts_query(request, in_date_order)
-    batches = _batches(
+    batches = batches_of_stream(
         partial(open_stream, conn, query, batch_size=batch_size),
         batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
     )  # fmt: skip
     if conn.dialect.driver in SERVER_CURSOR_DRIVERS:
         batches = prefetched(batches)
     return batches
-
-
-def read_copy_batches(
-    conn: Connection, stmt: Select[Any], *, batch_size: int, max_batch_bytes: int, expected: int
-) -> Generator[Batch, None, None]:
-    """Like :func:`read_batches`, from PostgreSQL's COPY of ``stmt`` (see :mod:`.pgcopy`): rows are bytes."""
-    from .pgcopy import CopyRows
-
-    return _batches(
-        partial(CopyRows, conn, stmt), batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
-        size_of=len,
-    )  # fmt: skip
 
 
 def _size(value: Any) -> int:
@@ -261,7 +262,7 @@ def row_size(row: Sequence[Any]) -> int:
     return _size(row[_TEXT]) + _size(row[_EMBED]) + _size(row[_LABELS])
 
 
-def _batches(
+def batches_of_stream(
     open_: Callable[[], Stream],
     *,
     batch_size: int,
@@ -269,7 +270,7 @@ def _batches(
     expected: int,
     size_of: Callable[[Any], int] = row_size,
 ) -> Generator[Batch, None, None]:
-    """The batching of :func:`read_batches`: opens the stream when first asked, closes it when done or stopped."""
+    """The batching of :func:`read_batches` on any stream: opened when first asked, closed when done or stopped."""
     stream = open_()
     try:
         offset = yield from _batches_of(stream, batch_size=batch_size, max_batch_bytes=max_batch_bytes, size_of=size_of)
@@ -352,8 +353,10 @@ def prefetched(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
         finally:
             batches.close()
 
-    reader = threading.Thread(target=read, name="export-reader", daemon=True)
-    reader.start()
+    reader = start_thread(read, "export-reader", doing="reading the rows")
+    if reader is None:
+        yield from batches
+        return
     try:
         while (item := handover.get()) is not end:
             if isinstance(item, BaseException):

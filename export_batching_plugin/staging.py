@@ -14,7 +14,8 @@
   one, is never replaced. Whether the rename happened is then read from the
   disk (the final name is our directory, or not), not assumed.
 - On failure or interrupt before publishing, the staging directory is removed,
-  and only what was really removed is reported as removed.
+  and only what was really removed is reported as removed. ``with Staging.create(final) as staging``
+  does that by itself: on the way out it releases a published directory and removes any other.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import shutil
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
 
-from .host import SkyarchiveError
+from .host import SkyarchiveError, UsageError
 
 log = logging.getLogger("export_batching_plugin")
 
@@ -41,6 +43,13 @@ _AT_FDCWD = -100
 #: some FUSE and SMB mounts). EOPNOTSUPP is ENOTSUP on Linux.
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 _RENAME_NOREPLACE = 1
+
+
+def check_folder_name(did: str) -> None:
+    """Refuse a DID that, as skyarchive names the owner's folder, would lead out of the exports folder."""
+    folder = did.replace(":", "_")
+    if folder in ("", ".", "..") or "/" in folder or "\x00" in folder or (os.altsep and os.altsep in folder):
+        raise UsageError(f"--did {did!r} cannot name a folder inside the exports folder; nothing was exported")
 
 
 def _libc_function(name: str) -> Callable[..., int] | None:
@@ -181,8 +190,23 @@ class Staging:
 
     def __init__(self, path: Path, final: Path, fd: int) -> None:
         self.path, self.final = path, final
-        self._fd = fd
+        self._fd: int | None = fd
         self._inode = os.fstat(fd).st_ino
+        #: Why the staging directory could not be removed after a failure (None: it was, or it was published).
+        self.removal_error: OSError | None = None
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Release a published directory; remove any other (never raises: the export's own error is told)."""
+        try:
+            if not self.published():
+                self.removal_error = self.remove()
+        except BaseException as error:  # an interrupt while removing: the removal is still reported
+            self.removal_error = error if isinstance(error, OSError) else OSError(str(error) or type(error).__name__)
+        finally:
+            self.release()
 
     @classmethod
     def create(cls, final: Path) -> Staging:
@@ -245,5 +269,7 @@ class Staging:
         return error
 
     def release(self) -> None:
-        """Drop the lock: once, when the staging directory is published or removed."""
-        os.close(self._fd)
+        """Drop the lock, when the staging directory is published or removed (again: nothing)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -23,7 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 from .encoding import BatchEncoder, Encoders
 from .reading import Batch
@@ -39,8 +40,15 @@ class PostsWriter(ABC):
 
     def __init__(self, path: Path, sink: Sink | None = None) -> None:
         self.path = path
-        self._stream = open(path, "xb", buffering=_BUFFER)  # noqa: SIM115 - closed by close()/abort()
+        self._stream = cast(io.BufferedWriter, open(path, "xb", buffering=_BUFFER))  # noqa: SIM115 - closed by sync()/abort()
         self._sink = sink
+
+    def __enter__(self) -> PostsWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Close the file if it is still open (after a failure: what is still buffered is dropped)."""
+        self.abort()
 
     def _write(self, data: Any) -> None:
         with self._naming_the_file():
@@ -74,8 +82,11 @@ class PostsWriter(ABC):
             self._stream.close()
 
     def abort(self) -> None:
-        """Close after a failure: what is still buffered is dropped, errors are ignored."""
-        with suppress(OSError):
+        """Close after a failure (again, or after :meth:`sync`: nothing): what is still buffered is dropped
+        (the file descriptor is closed first, so nothing more is written), and nothing raises."""
+        with suppress(BaseException):
+            self._stream.raw.close()
+        with suppress(BaseException):
             self._stream.close()
 
 

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from skyarchive.seed import DEFAULT_DID
+
+# benchmarks/ is not installed: its folder is appended to sys.path, after site-packages, so the plugin
+# imported here and in the benchmark's processes is still the installed one.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 from benchmarks import archives, chart, contenders, measure, report, run
 from benchmarks.archives import BenchmarkError
 from benchmarks.contenders import BY_NAME, POSTGRESQL, SQLITE, Archive, Case, Contender, Job
 from benchmarks.report import Measurement
-from skyarchive.seed import DEFAULT_DID
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from export_batching_plugin import batched, host, reading, staging, writing
 
+from .conftest import plugin_toml
 from .harness import archive_with_media, export, make_engine, plugin_manager, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
@@ -138,9 +139,16 @@ def test_fault_sweep(
         message = str(outcome.error)
         match = re.fullmatch(says, message)
         assert match, f"{message!r} does not match {says!r}"
+        failure = outcome.error
+        assert isinstance(failure, batched.ExportFailed)
+        assert failure.cause is failure.__cause__ and isinstance(failure.cause, type(error()))
         if match.groupdict().get("batch"):  # a batch that exists, with its real posts
             first, last = int(match["first"]), int(match["last"])
             assert 1 <= first <= last <= 45 and (first - 1) % 10 == 0 and int(match["batch"]) == (first - 1) // 10 + 1
+            assert failure.batch == batched.Span(int(match["batch"]), first, last)
+            assert failure.phase == message.split(" ", 1)[0]
+        else:
+            assert failure.batch is None and message.startswith(f"{failure.phase} failed: ")
         assert outcome.job is not None and outcome.job.status == "failed"
         assert leftovers(out) == []
         assert len(list(out.rglob("manifest.json"))) == 1, "only the earlier export may exist"
@@ -311,14 +319,10 @@ def big_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     engine = make_engine(root / "skyarchive.db")
     seed_archive(engine, posts_table, media_table, posts=60_000, media_every=0, media_dir=root / "media")
     engine.dispose()
-    (root / "skyarchive.toml").write_text(
-        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\nbatch_size = 20\n',
-        encoding="utf-8",
-    )
     return root
 
 
-def start_export(root: Path, out: Path, *, measured: bool = True) -> subprocess.Popen[str]:
+def start_export(root: Path, out: Path, *, measured: bool = True, batch_size: int = 20) -> subprocess.Popen[str]:
     """The export as a user runs it; ``measured=False``: without coverage's tracer in it (see below)."""
     from skyarchive.seed import DEFAULT_DID
 
@@ -326,8 +330,11 @@ def start_export(root: Path, out: Path, *, measured: bool = True) -> subprocess.
     if not measured:
         env.pop("COVERAGE_PROCESS_CONFIG", None)
         env.pop("COVERAGE_PROCESS_START", None)
+    config = out.parent / f"batches-of-{batch_size}.toml"
+    config.write_text(plugin_toml(threshold=0, batch_size=batch_size), encoding="utf-8")
+    command = ["export", "--did", DEFAULT_DID, "--format", "json", "--out", str(out)]
     return subprocess.Popen(
-        [sys.executable, "-m", "skyarchive", "export", "--did", DEFAULT_DID, "--format", "json", "--out", str(out)],
+        [sys.executable, "-m", "skyarchive", "--config", str(config), *command],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -344,11 +351,10 @@ def test_a_signal_mid_export_cleans_up(big_archive: Path, tmp_path: Path, signum
     # next new function then waits on that lock forever (seen in CI, py3.10: the main thread stuck in
     # coverage/collector.py lock_data, called from staging.published). The interrupt paths themselves are
     # measured in-process by the tests above.
-    process = start_export(big_archive, out, measured=False)
+    process = start_export(big_archive, out, measured=False, batch_size=1)  # about 1 s of batches to come
     assert process.stderr is not None
-    first = process.stderr.readline()
+    first = process.stderr.readline()  # printed as the first batch is read
     assert first.startswith("export: 0/60000"), first
-    time.sleep(0.3)
     staging_dirs = list(out.glob("*/.*.staging-*"))
     assert staging_dirs, "the export should be under way, in its staging directory"
     process.send_signal(signum)

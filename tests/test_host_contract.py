@@ -16,34 +16,78 @@ import site
 import sys
 import sysconfig
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pluggy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10
+    import tomli as tomllib
 import pytest
 import skyarchive
 import skyarchive.export
 import skyarchive.hookspecs
 
 import export_batching_plugin
-from export_batching_plugin import encoding, host, plugin
+from export_batching_plugin import encoding, host, plugin, selfcheck
 
 from .conftest import DID, HOST_VERSION, Archive
 from .harness import export, insert_rows, make_engine, post_row
 
 RELEASE = f"{HOST_VERSION[0]}.{HOST_VERSION[1]}"
+
+
+@dataclass(frozen=True)
+class Name:
+    """One name the plugin takes from skyarchive, and what it expects of it."""
+
+    module: str
+    name: str  #: a dotted name is an attribute of a class
+    documented: bool
+    expects: str
+    releases: tuple[str, ...] = ("0.3", "0.4")  #: the host releases that have it
+
+
+NAMES = (
+    Name("skyarchive.hookspecs", "skyarchive_export", True, "the export hook: (job) on 0.3, (job, progress) on 0.4"),
+    Name("skyarchive.export", "ExportJob.report_progress", True, "the progress channel: (processed, total)", ("0.3",)),
+    Name("skyarchive.export", "Progress.update", True, "the progress channel: (processed, total)", ("0.4",)),
+    Name("skyarchive.errors", "SkyarchiveError", True, "an Exception the CLI prints as one line (exit 1)"),
+    Name("skyarchive.errors", "UsageError", True, "a SkyarchiveError for bad input (exit 2)"),
+    Name("skyarchive.export", "ExportJob", True, "dataclass: request, config, engine, export_dir, started_at"),
+    Name("skyarchive.export", "ExportResult", True, "dataclass: export_dir, post_count, media_count"),
+    Name("skyarchive.export", "ExportRequest", True, "frozen dataclass: did, format, since, until, media"),
+    Name("skyarchive.export", "selection_criteria", True, "selection_criteria(request) -> WHERE clauses"),
+    Name("skyarchive.export", "POST_ORDER", True, "the ORDER BY clauses: created_at DESC, uri ASC"),
+    Name("skyarchive.export", "post_record", True, "post_record(post) -> the posts.json object"),
+    Name("skyarchive.export", "JSON_OPTIONS", True, "the simplejson options of posts.json (a mapping)"),
+    Name("skyarchive.export", "CSV_HEADER", True, "the posts.csv header (a tuple of str)"),
+    Name("skyarchive.export", "csv_row", True, "csv_row(post) -> the posts.csv row"),
+    Name("skyarchive.export", "copy_media_file", True, "copy_media_file(media, media_root, dest_dir) -> bool"),
+    Name("skyarchive.export", "write_manifest", True, "write_manifest(export_dir, *, request, exported_at, ...)"),
+    Name("skyarchive.models", "posts_table", False, "the posts Table, columns as in the documented schema"),
+    Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
+    Name("skyarchive.export", "media_hashes", False, "media_hashes(embed) -> list of str (fast CSV path only)"),
+    Name(
+        "skyarchive.export", "label_values", False, "label_values(labels) -> list of str (fast CSV path only)", ("0.4",)
+    ),
+)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def resolve(name: host.Name) -> Any:
+def resolve(name: Name) -> Any:
     found: Any = importlib.import_module(name.module)
     for part in name.name.split("."):
         found = getattr(found, part)
     return found
 
 
-@pytest.mark.parametrize("name", host.NAMES, ids=lambda n: f"{n.module}.{n.name}")
-def test_each_name_exists_in_the_releases_that_have_it(name: host.Name) -> None:
+@pytest.mark.parametrize("name", NAMES, ids=lambda n: f"{n.module}.{n.name}")
+def test_each_name_exists_in_the_releases_that_have_it(name: Name) -> None:
     if RELEASE in name.releases:
         assert resolve(name) is not None
     else:
@@ -60,7 +104,25 @@ def test_the_installed_host_meets_the_contract() -> None:
 def test_the_contract_page_lists_the_same_names() -> None:
     page = (REPOSITORY / "docs" / "host-contract.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `(skyarchive[\w.]*)` \| `([\w.]+)` \| (yes|no) \|", page, re.MULTILINE))
-    assert listed == {(n.module, n.name, "yes" if n.documented else "no") for n in host.NAMES}
+    assert listed == {(n.module, n.name, "yes" if n.documented else "no") for n in NAMES}
+
+
+def test_the_supported_releases_are_those_pyproject_declares() -> None:
+    """Written once, in pyproject.toml; the plugin reads them from its installed metadata."""
+    declared = tomllib.loads((REPOSITORY / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
+    (requirement,) = [r for r in declared if r.startswith("skyarchive")]
+    supported = plugin.supported_releases()
+    assert supported is not None and supported[2] == requirement
+    assert supported[0] <= HOST_VERSION < supported[1], "the host under test must be one of them"
+
+
+def test_without_its_own_metadata_the_plugin_steps_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> Any:
+        raise plugin.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(plugin.metadata, "requires", missing)
+    problem = plugin.host_problem()
+    assert problem is not None and "does not say which skyarchive releases it supports" in problem
 
 
 def test_the_package_under_test_is_the_installed_one() -> None:
@@ -231,14 +293,14 @@ def test_a_host_whose_encoding_changed_gets_its_own_bytes(
     engine.dispose()
     assert batched.manifest is not None and batched.manifest["exporter"].startswith("export_batching")
     assert batched.posts_bytes == alone.posts_bytes
-    assert (encoding.make_encoders().fallback_reason is not None) is falls_back
+    assert (selfcheck.make_encoders().fallback_reason is not None) is falls_back
     assert caplog.text.count("encodes posts differently from this plugin's fast encoders") == int(falls_back)
 
 
 def test_the_self_check_passes_on_the_installed_host_and_covers_every_column() -> None:
-    encoders = encoding.make_encoders()
+    encoders = selfcheck.make_encoders()
     assert encoders.fallback_reason is None
-    rows = encoding.probe_rows()
+    rows = selfcheck.probe_rows()
     for index, column in enumerate(host.POST_COLUMNS):
         kinds = {type(row[index]) for row in rows}
         assert len(kinds) >= 2, f"the probes give {column} only {kinds}"
@@ -252,7 +314,7 @@ def test_the_self_check_sees_a_one_byte_difference() -> None:
         lines = fast(rows)
         return lines.replace(",  spaced  ,", ", spaced  ,") if len(rows) == 1 else lines
 
-    reason = encoding.self_check(per_post, encoding.json_batch_encoder(per_post), off_by_one)
+    reason = selfcheck.self_check(per_post, encoding.json_batch_encoder(per_post), off_by_one)
     assert reason is not None and reason.startswith("posts.csv differs on the self-check's row")
 
 
@@ -262,9 +324,9 @@ def test_a_host_without_media_hashes_gets_its_own_csv_rows(monkeypatch: pytest.M
     original_csv_row = skyarchive.export.csv_row
     monkeypatch.setattr(skyarchive.export, "csv_row", functools.wraps(original_csv_row)(lambda post: ["custom"]))
     assert host.contract_problems() == []
-    encoders = encoding.make_encoders()
+    encoders = selfcheck.make_encoders()
     assert encoders.fallback_reason == "the host has no media_hashes/label_values"
-    assert encoders.csv([encoding.probe_rows()[0]]) == "custom\r\n"
+    assert encoders.csv([selfcheck.probe_rows()[0]]) == "custom\r\n"
 
 
 def test_a_host_that_adds_a_csv_column_gets_its_own_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,9 +341,8 @@ def test_a_host_that_adds_a_csv_column_gets_its_own_rows(tmp_path: Path, monkeyp
     assert batched.manifest is not None and batched.manifest["exporter"].startswith("export_batching")
     assert batched.posts_bytes == alone.posts_bytes and alone.posts_bytes is not None
     assert alone.posts_bytes.splitlines()[0].endswith(b",Lang")
-    assert (
-        encoding.make_encoders().fallback_reason == f"its posts.csv header is {', '.join(skyarchive.export.CSV_HEADER)}"
-    )
+    header = ", ".join(skyarchive.export.CSV_HEADER)
+    assert selfcheck.make_encoders().fallback_reason == f"its posts.csv header is {header}"
 
 
 def test_the_self_check_also_joins_rows() -> None:
@@ -293,7 +354,7 @@ def test_the_self_check_also_joins_rows() -> None:
         items = list(fast(rows, sizes))
         return items if len(rows) == 1 else [memoryview(b"".join(bytes(i) for i in items))]
 
-    reason = encoding.self_check(per_post, wrong_when_joined, encoding.csv_lines_encoder(per_post))
+    reason = selfcheck.self_check(per_post, wrong_when_joined, encoding.csv_lines_encoder(per_post))
     assert reason == "posts.json differs on the self-check's rows together"
 
 

@@ -94,7 +94,7 @@ def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pyte
 
 def test_reporter_repeats_the_count_when_idle() -> None:
     events: list[tuple[int, int]] = []
-    with ProgressReporter(lambda d, t: events.append((d, t)), 5, interval=0.5) as progress:
+    with ProgressReporter(lambda d, t: events.append((d, t)), interval=0.5).start(5) as progress:
         time.sleep(0.45)
         progress.advance(5)
     assert events[0] == (0, 5) and events[-1] == (5, 5)
@@ -103,7 +103,7 @@ def test_reporter_repeats_the_count_when_idle() -> None:
 
 def test_finishing_logs_what_it_does_instead_of_repeating_100_percent(caplog: pytest.LogCaptureFixture) -> None:
     events: list[tuple[int, int]] = []
-    with ProgressReporter(lambda d, t: events.append((d, t)), 5, interval=0.2) as progress:
+    with ProgressReporter(lambda d, t: events.append((d, t)), interval=0.2).start(5) as progress:
         progress.advance(5)
         progress.finishing(lambda: "syncing 3 media files")
         time.sleep(0.5)
