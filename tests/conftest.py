@@ -43,7 +43,7 @@ def plugin_toml(**settings: Any) -> str:
     return f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{table}'
 
 
-class Archive:
+class ArchiveFolder:
     """A folder holding skyarchive.toml, the SQLite archive, media/ and exports/."""
 
     def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,14 +82,16 @@ class Archive:
 
 
 @pytest.fixture
-def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Archive]:
+def archive_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[ArchiveFolder]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SKYARCHIVE_CONFIG", raising=False)
-    yield Archive(tmp_path, capsys)
+    yield ArchiveFolder(tmp_path, capsys)
 
 
 @pytest.fixture
-def seeded(archive: Archive) -> Archive:
+def seeded_folder(archive_folder: ArchiveFolder) -> ArchiveFolder:
     """An archive with 300 posts (media every 10th post)."""
-    archive.seed(300, "--media-every", "10")
-    return archive
+    archive_folder.seed(300, "--media-every", "10")
+    return archive_folder

@@ -30,6 +30,8 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+pytestmark = pytest.mark.harness  # tests of benchmarks/: once, in their own environment
+
 SIZE, MEDIA_POSTS = 30, 8
 PG = "postgresql://u@db.example:5432"
 SQL = "SELECT * FROM posts WHERE did = 'did:x' ORDER BY created_at DESC, uri ASC"
@@ -441,6 +443,7 @@ def test_archive_is_reused(tiny_run: tuple[Path, list[str], dict[str, Any]]) -> 
 def test_a_wrong_exporter_fails_the_run_and_keeps_what_was_measured(
     tiny_run: tuple[Path, list[str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+
     # "plugin" whose config leaves the plugin off: the host exports, and the manifest says so.
     fake = Contender("fake-plugin", (SQLITE,), ("json",), contenders.skyarchive, config="", exporter="export_batching")
     monkeypatch.setitem(BY_NAME, fake.name, fake)

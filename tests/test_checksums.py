@@ -21,7 +21,7 @@ import pytest
 from export_batching_plugin import batched
 from export_batching_plugin.checksums import file_digest, sums_line
 
-from .conftest import DID, Archive
+from .conftest import DID, ArchiveFolder
 from .harness import archive_with_media, export, post_row
 
 SHA256SUM = shutil.which("sha256sum")
@@ -36,7 +36,7 @@ def verify(export_dir: Path, *tool: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def library(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+def media_archive(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """40 posts; media files for ten of them, with awkward names (and a skipped row: a missing file)."""
     rows = [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(40)]
     files: dict[str, tuple[int, bytes | None]] = {
@@ -54,8 +54,10 @@ def sums_of(export_dir: Path) -> list[bytes]:
 
 @needs_sha256sum
 @pytest.mark.parametrize("format", ["json", "csv"])
-def test_a_fresh_export_verifies_and_lists_every_file(library: tuple[Any, Path], tmp_path: Path, format: str) -> None:
-    engine, media_dir = library
+def test_a_fresh_export_verifies_and_lists_every_file(
+    media_archive: tuple[Any, Path], tmp_path: Path, format: str
+) -> None:
+    engine, media_dir = media_archive
     outcome = export(
         engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 7, "checksums": True}, format=format,
         media=True, media_dir=media_dir,
@@ -80,8 +82,8 @@ def test_a_fresh_export_verifies_and_lists_every_file(library: tuple[Any, Path],
 @pytest.mark.parametrize(
     "damage", ["flip a byte of the posts file", "flip a byte of a media file", "remove a media file"]
 )
-def test_damage_is_caught(library: tuple[Any, Path], tmp_path: Path, damage: str) -> None:
-    engine, media_dir = library
+def test_damage_is_caught(media_archive: tuple[Any, Path], tmp_path: Path, damage: str) -> None:
+    engine, media_dir = media_archive
     outcome = export(engine, tmp_path, settings={"threshold": 0, "checksums": True}, media=True, media_dir=media_dir)
     assert outcome.result is not None
     folder = outcome.result.export_dir
@@ -99,28 +101,28 @@ def test_damage_is_caught(library: tuple[Any, Path], tmp_path: Path, damage: str
 
 
 @pytest.mark.skipif(shutil.which("shasum") is None, reason="no shasum (Perl) on this machine")
-def test_shasum_as_on_macos_verifies_too(library: tuple[Any, Path], tmp_path: Path) -> None:
+def test_shasum_as_on_macos_verifies_too(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
     """macOS has shasum, not sha256sum; it reads the same escapes, except \\r, which GNU's alone knows."""
-    engine, media_dir = library
+    engine, media_dir = media_archive
     outcome = export(engine, tmp_path, settings={"threshold": 0, "checksums": True}, media=True, media_dir=media_dir)
     assert outcome.result is not None
     checked = verify(outcome.result.export_dir, "shasum", "-a", "256")
     assert checked.stdout.count(": OK") == len(AWKWARD) + 1, checked.stdout + checked.stderr
 
 
-def test_without_checksums_there_is_no_sha256sums(library: tuple[Any, Path], tmp_path: Path) -> None:
-    engine, media_dir = library
+def test_without_checksums_there_is_no_sha256sums(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
+    engine, media_dir = media_archive
     outcome = export(engine, tmp_path, settings={"threshold": 0}, media=True, media_dir=media_dir)
     assert outcome.result is not None and not (outcome.result.export_dir / "SHA256SUMS").exists()
 
 
 @needs_sha256sum
-def test_selections_below_the_threshold_get_one_too(archive: Archive) -> None:
+def test_selections_below_the_threshold_get_one_too(archive_folder: ArchiveFolder) -> None:
     """With checksums on, the plugin exports small selections itself: the host's bytes, and a SHA256SUMS."""
-    archive.seed(40)
-    host = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "host"))
-    archive.enable_plugin(checksums=True)  # the default threshold, 5,000
-    plugin = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "plugin"))
+    archive_folder.seed(40)
+    host = archive_folder.cli("export", "--did", DID, "--format", "csv", "--out", str(archive_folder.root / "host"))
+    archive_folder.enable_plugin(checksums=True)  # the default threshold, 5,000
+    plugin = archive_folder.cli("export", "--did", DID, "--format", "csv", "--out", str(archive_folder.root / "plugin"))
     assert plugin.code == 0, plugin.err
     manifest = json.loads((plugin.export_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["exporter"].startswith("export_batching")
@@ -129,9 +131,9 @@ def test_selections_below_the_threshold_get_one_too(archive: Archive) -> None:
 
 
 def test_a_failure_while_writing_sha256sums_leaves_nothing(
-    library: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, media_dir = library
+    engine, media_dir = media_archive
 
     def full(path: Path, *entries: Any) -> None:
         path.write_bytes(b"partial")
@@ -169,12 +171,12 @@ def test_sums_lines_match_what_sha256sum_writes(tmp_path: Path) -> None:
 
 
 def test_a_failure_mid_export_with_checksums_on_leaves_nothing(
-    library: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hashing thread is stopped with the rest; nothing is published."""
     from export_batching_plugin import writing
 
-    engine, media_dir = library
+    engine, media_dir = media_archive
     calls = {"n": 0}
     original = writing.JsonWriter.write_batch
 

@@ -11,7 +11,7 @@ import pytest
 
 from export_batching_plugin.config import ConfigError, Settings, declared, parse_settings
 
-from .conftest import DID, Archive
+from .conftest import DID, ArchiveFolder
 
 
 def test_defaults() -> None:
@@ -89,19 +89,19 @@ TOML_VALUES = {
 
 
 @pytest.mark.parametrize(("line", "message"), TOML_VALUES.items())
-def test_bad_plugin_table_stops_the_cli_at_startup(archive: Archive, line: str, message: str) -> None:
-    archive.seed(10)
-    archive.write_config(f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{line}\n')
-    result = archive.cli("export", "--did", DID, "--format", "json")
+def test_bad_plugin_table_stops_the_cli_at_startup(archive_folder: ArchiveFolder, line: str, message: str) -> None:
+    archive_folder.seed(10)
+    archive_folder.write_config(f'[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\n{line}\n')
+    result = archive_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 2
     assert result.error_line.startswith("skyarchive: error: config: [plugins.export_batching]: ")
     assert message in result.error_line
-    assert archive.export_dirs() == []
+    assert archive_folder.export_dirs() == []
 
 
-def test_table_of_a_plugin_that_is_not_enabled_is_not_validated(archive: Archive) -> None:
-    archive.write_config("[plugins.export_batching]\nbatch_size = 0\n")
-    assert archive.cli("init").code == 0
+def test_table_of_a_plugin_that_is_not_enabled_is_not_validated(archive_folder: ArchiveFolder) -> None:
+    archive_folder.write_config("[plugins.export_batching]\nbatch_size = 0\n")
+    assert archive_folder.cli("init").code == 0
 
 
 HOST_CONFIGS = {
@@ -116,23 +116,25 @@ HOST_CONFIGS = {
 
 
 @pytest.mark.parametrize(("text", "message"), HOST_CONFIGS.items())
-def test_bad_host_config_is_one_line(archive: Archive, text: str, message: str) -> None:
-    archive.write_config(text + "\n")
-    result = archive.cli("init")
+def test_bad_host_config_is_one_line(archive_folder: ArchiveFolder, text: str, message: str) -> None:
+    archive_folder.write_config(text + "\n")
+    result = archive_folder.cli("init")
     assert result.code == 2
     assert message in result.error_line
-    assert not archive.db.exists()
+    assert not archive_folder.db.exists()
 
 
-def test_config_is_found_by_option_then_env_then_cwd(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
-    custom = archive.root / "custom.toml"
+def test_config_is_found_by_option_then_env_then_cwd(
+    archive_folder: ArchiveFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    custom = archive_folder.root / "custom.toml"
     custom.write_text('database_url = "sqlite:///by-option.db"\n', encoding="utf-8")
-    env = archive.root / "env.toml"
+    env = archive_folder.root / "env.toml"
     env.write_text('database_url = "sqlite:///by-env.db"\n', encoding="utf-8")
-    archive.write_config('database_url = "sqlite:///by-cwd.db"\n')
-    assert archive.cli("init").code == 0 and Path("by-cwd.db").exists()
+    archive_folder.write_config('database_url = "sqlite:///by-cwd.db"\n')
+    assert archive_folder.cli("init").code == 0 and Path("by-cwd.db").exists()
     monkeypatch.setenv("SKYARCHIVE_CONFIG", str(env))
-    assert archive.cli("init").code == 0 and Path("by-env.db").exists()
-    assert archive.cli("--config", str(custom), "init").code == 0 and Path("by-option.db").exists()
-    missing = archive.cli("--config", "nope.toml", "init")
+    assert archive_folder.cli("init").code == 0 and Path("by-env.db").exists()
+    assert archive_folder.cli("--config", str(custom), "init").code == 0 and Path("by-option.db").exists()
+    missing = archive_folder.cli("--config", "nope.toml", "init")
     assert missing.code == 2 and "no such file: nope.toml" in missing.error_line

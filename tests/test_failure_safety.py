@@ -36,7 +36,7 @@ SETTINGS = {"threshold": 0, "batch_size": 10}
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+def media_archive(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """45 posts, 15 of them with a media file."""
     rows = [post_row(n, created_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z") for n in range(45)]
     files = {f"m{n}.jpg": (n, b"jpeg %d" % n) for n in range(0, 45, 3)}
@@ -114,9 +114,9 @@ def leftovers(exports: Path) -> list[str]:
 @pytest.mark.parametrize("persistent", [False, True], ids=["single", "persistent"])
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 def test_fault_sweep(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, persistent: bool
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, persistent: bool
 ) -> None:
-    engine, media_dir = archive
+    engine, media_dir = media_archive
     out = tmp_path / "exports"
     run = dict(settings=SETTINGS, media=True, media_dir=media_dir)
     earlier = export(engine, out, **run)
@@ -161,9 +161,9 @@ def test_fault_sweep(
 
 
 def test_disk_full_names_the_file_as_the_user_knows_it(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
     original = writing.JsonWriter.write_batch
     seen: list[str] = []
 
@@ -180,10 +180,10 @@ def test_disk_full_names_the_file_as_the_user_knows_it(
 
 
 def test_a_failed_final_flush_names_no_batch(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The closing bracket and the last buffered bytes belong to no batch: the error says so."""
-    engine, _ = archive
+    engine, _ = media_archive
     original = writing.PostsWriter._write
 
     def write(self: writing.PostsWriter, data: Any) -> None:
@@ -198,9 +198,9 @@ def test_a_failed_final_flush_names_no_batch(
 
 
 def test_a_staging_directory_that_cannot_be_removed_is_reported(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
     monkeypatch.setattr(batched, "write_manifest", lambda *a, **k: (_ for _ in ()).throw(enospc()))
     monkeypatch.setattr(
         staging.shutil, "rmtree", lambda path, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied", path))
@@ -213,8 +213,8 @@ def test_a_staging_directory_that_cannot_be_removed_is_reported(
     assert message.endswith(f"{tmp_path / 'out' / left[0]} (denied)")
 
 
-def test_an_existing_export_directory_is_never_replaced(archive: tuple[Any, Path], tmp_path: Path) -> None:
-    engine, _ = archive
+def test_an_existing_export_directory_is_never_replaced(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
+    engine, _ = media_archive
     first = export(engine, tmp_path, settings=SETTINGS)
     assert first.job is not None and first.result is not None
     for planted in ("empty", "symlink"):
@@ -233,9 +233,9 @@ def test_an_existing_export_directory_is_never_replaced(archive: tuple[Any, Path
 
 
 def test_a_directory_appearing_at_publish_time_is_not_replaced(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
     first = export(engine, tmp_path, settings=SETTINGS)
     assert first.job is not None
     job = first.job
@@ -253,9 +253,9 @@ def test_a_directory_appearing_at_publish_time_is_not_replaced(
 
 
 def test_a_planted_staging_name_is_not_written_through(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
     first = export(engine, tmp_path, settings=SETTINGS)
     assert first.job is not None
     victim = tmp_path / "victim"
@@ -271,10 +271,10 @@ def test_a_planted_staging_name_is_not_written_through(
 
 @pytest.mark.parametrize("when", ["during the rename", "syncing the folder after it"])
 def test_an_interrupt_once_the_export_is_in_place_is_a_success(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, caplog: Any
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, caplog: Any
 ) -> None:
     """Ctrl-C after the rename: the export is complete on disk, so the outcome reported is success."""
-    engine, _ = archive
+    engine, _ = media_archive
     if when == "during the rename":
         original = staging.rename_noreplace
 
@@ -299,9 +299,9 @@ def test_an_interrupt_once_the_export_is_in_place_is_a_success(
     assert "is complete" in caplog.text and leftovers(tmp_path) == []
 
 
-def test_no_signal_handler_of_its_own(archive: tuple[Any, Path], tmp_path: Path) -> None:
+def test_no_signal_handler_of_its_own(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
     """The plugin leaves the host's signal handling alone (it may be a server or a notebook)."""
-    engine, _ = archive
+    engine, _ = media_archive
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     seen: list[Any] = []
     outcome = export(engine, tmp_path, settings=SETTINGS, listener=lambda *_: seen.append(signal.getsignal(15)))
@@ -314,7 +314,7 @@ def test_no_signal_handler_of_its_own(archive: tuple[Any, Path], tmp_path: Path)
 
 
 @pytest.fixture(scope="module")
-def big_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder_of_60k_posts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("big")
     engine = make_engine(root / "skyarchive.db")
     seed_archive(engine, posts_table, media_table, posts=60_000, media_every=0, media_dir=root / "media")
@@ -343,15 +343,16 @@ def start_export(root: Path, out: Path, *, measured: bool = True, batch_size: in
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_mid_export_cleans_up(big_archive: Path, tmp_path: Path, signum: int) -> None:
+def test_a_signal_mid_export_cleans_up(folder_of_60k_posts: Path, tmp_path: Path, signum: int) -> None:
     out = tmp_path / "exports"
     # Not under coverage: the KeyboardInterrupt that skyarchive's SIGTERM handler raises can land between
     # coverage's tracer taking its data lock (a Python threading.Lock) and releasing it, and the export's
     # next new function then waits on that lock forever (seen in CI, py3.10: the main thread stuck in
     # coverage/collector.py lock_data, called from staging.published). The interrupt paths themselves are
     # measured in-process by the tests above.
-    process = start_export(big_archive, out, measured=False, batch_size=1)  # about 1 s of batches to come
+    process = start_export(folder_of_60k_posts, out, measured=False, batch_size=1)  # about 1 s of batches to come
     assert process.stderr is not None
     first = process.stderr.readline()  # printed as the first batch is read
     assert first.startswith("export: 0/60000"), first
@@ -364,7 +365,8 @@ def test_a_signal_mid_export_cleans_up(big_archive: Path, tmp_path: Path, signum
     assert leftovers(out) == [] and list(out.glob("*/*")) == []
 
 
-def test_a_really_full_disk(big_archive: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_really_full_disk(folder_of_60k_posts: Path, tmp_path: Path) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
     made = subprocess.run(
@@ -375,7 +377,7 @@ def test_a_really_full_disk(big_archive: Path, tmp_path: Path) -> None:
             f"cannot mount a small tmpfs here ({made.stderr.decode().strip()}); test_fault_sweep injects ENOSPC"
         )
     try:
-        process = start_export(big_archive, mount)
+        process = start_export(folder_of_60k_posts, mount)
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 1
         error = stderr.strip().splitlines()[-1]
@@ -389,10 +391,10 @@ def test_a_really_full_disk(big_archive: Path, tmp_path: Path) -> None:
 
 
 def test_a_media_copy_that_fails_mid_write_names_the_copy(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write to an open file does not say which file: the error still names the copy, as the user will see it."""
-    engine, media_dir = archive
+    engine, media_dir = media_archive
 
     def full_while_writing(media: Any, media_root: Path, dest_dir: Path) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -407,9 +409,9 @@ def test_a_media_copy_that_fails_mid_write_names_the_copy(
 
 
 def test_an_interrupt_that_leaves_staging_behind_says_so(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
 
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
@@ -426,9 +428,9 @@ def test_an_interrupt_that_leaves_staging_behind_says_so(
 
 
 def test_a_slow_finish_says_what_it_is_doing(
-    archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine, _ = archive
+    engine, _ = media_archive
     real_sync = batched.sync_tree
 
     def slow_sync(root: Path) -> None:

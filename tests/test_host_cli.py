@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import DID, HOST_VERSION, Archive
+from .conftest import DID, HOST_VERSION, ArchiveFolder
+
+pytestmark = pytest.mark.host  # tests of the host fixture itself: once per host release
 
 COLUMNS = [
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
@@ -25,9 +27,9 @@ OPTIONAL = {"reply_parent", "embed_type", "embed_data", "labels"}
 ORDER = "ORDER BY created_at DESC, uri ASC"
 
 
-def expected_records(archive: Archive, where: str = "did = ?", *params: Any) -> list[dict[str, Any]]:
+def expected_records(archive_folder: ArchiveFolder, where: str = "did = ?", *params: Any) -> list[dict[str, Any]]:
     records = []
-    for row in archive.sql(f"SELECT * FROM posts WHERE {where} {ORDER}", *params):
+    for row in archive_folder.sql(f"SELECT * FROM posts WHERE {where} {ORDER}", *params):
         record: dict[str, Any] = {}
         for name in COLUMNS:
             value = row[name]
@@ -51,9 +53,9 @@ def hashes(embed: dict[str, Any] | None) -> list[str]:
     return [url.rsplit("/", 1)[-1].split("@")[0] for url in urls]
 
 
-def expected_csv_rows(archive: Archive) -> list[list[str]]:
+def expected_csv_rows(archive_folder: ArchiveFolder) -> list[list[str]]:
     rows = []
-    for row in archive.sql(f"SELECT * FROM posts WHERE did = ? {ORDER}", DID):
+    for row in archive_folder.sql(f"SELECT * FROM posts WHERE did = ? {ORDER}", DID):
         embed = json.loads(row["embed_data"]) if row["embed_data"] else None
         flag = {0: "false", 1: "true"}
         cells = [
@@ -68,25 +70,25 @@ def expected_csv_rows(archive: Archive) -> list[list[str]]:
     return rows
 
 
-def test_init_creates_archive_and_folders(archive: Archive) -> None:
-    result = archive.cli("init")
+def test_init_creates_archive_and_folders(archive_folder: ArchiveFolder) -> None:
+    result = archive_folder.cli("init")
     assert result.code == 0, result.err
-    assert archive.db.is_file() and archive.media_dir.is_dir() and archive.exports_dir.is_dir()
-    assert {r["name"] for r in archive.sql("SELECT name FROM sqlite_master WHERE type = 'index'")} >= {
+    assert archive_folder.db.is_file() and archive_folder.media_dir.is_dir() and archive_folder.exports_dir.is_dir()
+    assert {r["name"] for r in archive_folder.sql("SELECT name FROM sqlite_master WHERE type = 'index'")} >= {
         "idx_posts_did",
         "idx_posts_created_at",
         "idx_media_post_uri",
     }
 
 
-def test_export_json_matches_the_database(seeded: Archive) -> None:
-    result = seeded.cli("export", "--did", DID, "--format", "json")
+def test_export_json_matches_the_database(seeded_folder: ArchiveFolder) -> None:
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 0, result.err
     export_dir = result.export_dir
-    assert export_dir.parent == (seeded.exports_dir / DID.replace(":", "_")).resolve()
+    assert export_dir.parent == (seeded_folder.exports_dir / DID.replace(":", "_")).resolve()
     raw = (export_dir / "posts.json").read_text(encoding="utf-8")
     records = json.loads(raw)
-    assert records == expected_records(seeded, "did = ?", DID)
+    assert records == expected_records(seeded_folder, "did = ?", DID)
     assert len(records) == 300
     assert [list(r) for r in records] == [[c for c in COLUMNS if c in r] for r in records]
     assert raw.startswith('[\n  {\n    "uri": ') and raw.endswith("\n  }\n]\n")
@@ -99,8 +101,8 @@ def test_export_json_matches_the_database(seeded: Archive) -> None:
     assert sorted(os.listdir(export_dir)) == ["manifest.json", "posts.json"]
 
 
-def test_export_csv_matches_the_database(seeded: Archive) -> None:
-    result = seeded.cli("export", "--did", DID, "--format", "csv")
+def test_export_csv_matches_the_database(seeded_folder: ArchiveFolder) -> None:
+    result = seeded_folder.cli("export", "--did", DID, "--format", "csv")
     assert result.code == 0, result.err
     data = (result.export_dir / "posts.csv").read_bytes()
     assert data.startswith(b"\xef\xbb\xbf")
@@ -110,19 +112,19 @@ def test_export_csv_matches_the_database(seeded: Archive) -> None:
         "IsReply,ReplyParent,HasMedia,MediaFiles,EmbedType,IndexedAt"
     )
     assert rows[0] == header.split(",") + (["Labels"] if HOST_VERSION >= (0, 4) else [])
-    assert rows[1:] == expected_csv_rows(seeded)
+    assert rows[1:] == expected_csv_rows(seeded_folder)
     assert b"\r\n" in data and data.endswith(b"\r\n")
 
 
-def test_date_range_is_inclusive_and_bare_until_covers_the_day(seeded: Archive) -> None:
-    days = [r["d"] for r in seeded.sql("SELECT DISTINCT substr(created_at, 1, 10) AS d FROM posts ORDER BY d")]
+def test_date_range_is_inclusive_and_bare_until_covers_the_day(seeded_folder: ArchiveFolder) -> None:
+    days = [r["d"] for r in seeded_folder.sql("SELECT DISTINCT substr(created_at, 1, 10) AS d FROM posts ORDER BY d")]
     assert len(days) >= 3, "the seed should span several days"
     since, until = days[1], days[-2]
-    result = seeded.cli("export", "--did", DID, "--format", "json", "--since", since, "--until", until)
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json", "--since", since, "--until", until)
     assert result.code == 0, result.err
     records = json.loads((result.export_dir / "posts.json").read_text(encoding="utf-8"))
     expected = expected_records(
-        seeded, "did = ? AND created_at >= ? AND created_at <= ?", DID, since, until + "T23:59:59.999Z"
+        seeded_folder, "did = ? AND created_at >= ? AND created_at <= ?", DID, since, until + "T23:59:59.999Z"
     )
     assert records == expected and 0 < len(records) < 300
     assert {r["created_at"][:10] for r in records} == set(days[1:-1])
@@ -130,43 +132,45 @@ def test_date_range_is_inclusive_and_bare_until_covers_the_day(seeded: Archive) 
     assert manifest["date_range"] == {"since": f"{since}T00:00:00.000Z", "until": f"{until}T23:59:59.999Z"}
 
 
-def test_timestamp_bounds_are_inclusive(seeded: Archive) -> None:
-    stamp = seeded.sql(f"SELECT created_at FROM posts {ORDER} LIMIT 1 OFFSET 10")[0]["created_at"]
-    result = seeded.cli("export", "--did", DID, "--format", "json", "--since", stamp, "--until", stamp)
+def test_timestamp_bounds_are_inclusive(seeded_folder: ArchiveFolder) -> None:
+    stamp = seeded_folder.sql(f"SELECT created_at FROM posts {ORDER} LIMIT 1 OFFSET 10")[0]["created_at"]
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json", "--since", stamp, "--until", stamp)
     assert result.code == 0, result.err
     records = json.loads((result.export_dir / "posts.json").read_text(encoding="utf-8"))
     assert records and {r["created_at"] for r in records} == {stamp}
 
 
-def test_media_copies_the_selected_posts_files(seeded: Archive) -> None:
-    result = seeded.cli("export", "--did", DID, "--format", "json", "--media")
+def test_media_copies_the_selected_posts_files(seeded_folder: ArchiveFolder) -> None:
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json", "--media")
     assert result.code == 0, result.err
-    rows = seeded.sql("SELECT file_path FROM media JOIN posts ON posts.uri = media.post_uri WHERE posts.did = ?", DID)
+    rows = seeded_folder.sql(
+        "SELECT file_path FROM media JOIN posts ON posts.uri = media.post_uri WHERE posts.did = ?", DID
+    )
     assert rows, "the seed should write media rows"
     copied = sorted(os.listdir(result.export_dir / "media"))
     assert copied == sorted(Path(r["file_path"]).name for r in rows)
     for r in rows:
-        source = seeded.media_dir / r["file_path"]
+        source = seeded_folder.media_dir / r["file_path"]
         assert (result.export_dir / "media" / source.name).read_bytes() == source.read_bytes()
     manifest = json.loads((result.export_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["media_count"] == len(rows) and manifest["files"] == ["posts.json", "media/"]
 
 
-def test_media_outside_media_dir_is_never_read(seeded: Archive, tmp_path: Path) -> None:
+def test_media_outside_media_dir_is_never_read(seeded_folder: ArchiveFolder, tmp_path: Path) -> None:
     secret = tmp_path / "secret.jpg"
     secret.write_bytes(b"secret")
-    (seeded.media_dir / "link.jpg").symlink_to(secret)
-    post = seeded.sql(f"SELECT uri FROM posts {ORDER} LIMIT 1")[0]["uri"]
+    (seeded_folder.media_dir / "link.jpg").symlink_to(secret)
+    post = seeded_folder.sql(f"SELECT uri FROM posts {ORDER} LIMIT 1")[0]["uri"]
     hostile = {"h1": "../secret.jpg", "h2": str(secret), "h3": "link.jpg", "h4": "nowhere/missing.jpg"}
     import sqlite3
 
-    with sqlite3.connect(seeded.db) as conn:
+    with sqlite3.connect(seeded_folder.db) as conn:
         conn.executemany(
             "INSERT INTO media (hash, post_uri, mime_type, file_path, size_bytes, created_at)"
             " VALUES (?, ?, 'image/jpeg', ?, 6, '2025-01-01T00:00:00.000Z')",
             [(h, post, path) for h, path in hostile.items()],
         )
-    result = seeded.cli("export", "--did", DID, "--format", "csv", "--media")
+    result = seeded_folder.cli("export", "--did", DID, "--format", "csv", "--media")
     assert result.code == 0, result.err
     names = os.listdir(result.export_dir / "media")
     assert "secret.jpg" not in names and "link.jpg" not in names and "missing.jpg" not in names
@@ -177,17 +181,17 @@ def test_media_outside_media_dir_is_never_read(seeded: Archive, tmp_path: Path) 
     assert manifest["media_skipped"] == 4
 
 
-def test_unknown_did_is_an_empty_export(seeded: Archive) -> None:
-    json_result = seeded.cli("export", "--did", "did:plc:nobody", "--format", "json")
+def test_unknown_did_is_an_empty_export(seeded_folder: ArchiveFolder) -> None:
+    json_result = seeded_folder.cli("export", "--did", "did:plc:nobody", "--format", "json")
     assert json_result.code == 0, json_result.err
     assert (json_result.export_dir / "posts.json").read_bytes() == b"[]\n"
-    csv_result = seeded.cli("export", "--did", "did:plc:nobody2", "--format", "csv")
+    csv_result = seeded_folder.cli("export", "--did", "did:plc:nobody2", "--format", "csv")
     assert csv_result.code == 0, csv_result.err
     assert (csv_result.export_dir / "posts.csv").read_bytes().decode("utf-8-sig").count("\r\n") == 1
 
 
-def test_export_shows_progress_on_stderr(seeded: Archive) -> None:
-    result = seeded.cli("export", "--did", DID, "--format", "json")
+def test_export_shows_progress_on_stderr(seeded_folder: ArchiveFolder) -> None:
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 0
     assert "export: 300/300 posts (100%)" in result.err
 
@@ -202,58 +206,58 @@ def test_export_shows_progress_on_stderr(seeded: Archive) -> None:
         (["--format", "json", "--since", "2025-01-01T10:00:00"], "--since: invalid date"),
     ],
 )
-def test_bad_export_input_is_a_one_line_error(seeded: Archive, args: list[str], message: str) -> None:
-    result = seeded.cli("export", "--did", DID, *args)
+def test_bad_export_input_is_a_one_line_error(seeded_folder: ArchiveFolder, args: list[str], message: str) -> None:
+    result = seeded_folder.cli("export", "--did", DID, *args)
     assert result.code == 2
     assert message in result.error_line
-    assert seeded.export_dirs() == []
+    assert seeded_folder.export_dirs() == []
 
 
 @pytest.mark.parametrize(
     "args",
     [["export", "--format", "json"], ["seed"], ["seed", "--posts", "many"], ["frobnicate"], []],
 )
-def test_bad_command_line_is_a_one_line_error(archive: Archive, args: list[str]) -> None:
+def test_bad_command_line_is_a_one_line_error(archive_folder: ArchiveFolder, args: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        archive.cli(*args)
+        archive_folder.cli(*args)
     assert exit_info.value.code == 2
-    assert len(archive.capsys.readouterr().err.strip().splitlines()) == 1
+    assert len(archive_folder.capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_seed_rejects_negative_counts_and_reseeding(archive: Archive) -> None:
-    assert archive.cli("seed", "--posts", "-1").code == 2
-    archive.seed(20)
-    again = archive.cli("seed", "--posts", "20")
+def test_seed_rejects_negative_counts_and_reseeding(archive_folder: ArchiveFolder) -> None:
+    assert archive_folder.cli("seed", "--posts", "-1").code == 2
+    archive_folder.seed(20)
+    again = archive_folder.cli("seed", "--posts", "20")
     assert again.code == 2 and "seed" in again.error_line
-    assert archive.sql("SELECT count(*) AS n FROM posts")[0]["n"] == 20
-    archive.seed(20, "--seed", "1")
-    assert archive.sql("SELECT count(*) AS n FROM posts")[0]["n"] == 40
+    assert archive_folder.sql("SELECT count(*) AS n FROM posts")[0]["n"] == 20
+    archive_folder.seed(20, "--seed", "1")
+    assert archive_folder.sql("SELECT count(*) AS n FROM posts")[0]["n"] == 40
 
 
-def test_export_without_an_archive_says_so(archive: Archive) -> None:
-    result = archive.cli("export", "--did", DID, "--format", "json")
+def test_export_without_an_archive_says_so(archive_folder: ArchiveFolder) -> None:
+    result = archive_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 2 and "run 'skyarchive init'" in result.error_line
 
 
-def test_failed_export_removes_its_directory(seeded: Archive) -> None:
+def test_failed_export_removes_its_directory(seeded_folder: ArchiveFolder) -> None:
     import sqlite3
 
-    with sqlite3.connect(seeded.db) as conn:
+    with sqlite3.connect(seeded_folder.db) as conn:
         conn.execute("UPDATE posts SET embed_data = '{broken' WHERE rowid = 7")
-    uri = seeded.sql("SELECT uri FROM posts WHERE rowid = 7")[0]["uri"]
-    result = seeded.cli("export", "--did", DID, "--format", "json")
+    uri = seeded_folder.sql("SELECT uri FROM posts WHERE rowid = 7")[0]["uri"]
+    result = seeded_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 1
     assert uri in result.error_line and "embed_data is not valid JSON" in result.error_line
-    assert seeded.export_dirs() == []
+    assert seeded_folder.export_dirs() == []
 
 
-def test_out_option_and_db_option(seeded: Archive, tmp_path: Path) -> None:
+def test_out_option_and_db_option(seeded_folder: ArchiveFolder, tmp_path: Path) -> None:
     other = tmp_path / "elsewhere"
-    result = seeded.cli(
-        "--db", f"sqlite:///{seeded.db}", "export", "--did", DID, "--format", "json", "--out", str(other)
+    result = seeded_folder.cli(
+        "--db", f"sqlite:///{seeded_folder.db}", "export", "--did", DID, "--format", "json", "--out", str(other)
     )
     assert result.code == 0, result.err
     assert result.export_dir.parent.parent == other.resolve()
     empty = tmp_path / "empty.db"
-    result = seeded.cli("--db", f"sqlite:///{empty}", "init")
+    result = seeded_folder.cli("--db", f"sqlite:///{empty}", "init")
     assert result.code == 0 and empty.is_file()

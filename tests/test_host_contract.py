@@ -34,7 +34,7 @@ import skyarchive.hookspecs
 import export_batching_plugin
 from export_batching_plugin import encoding, host, plugin, selfcheck
 
-from .conftest import DID, HOST_VERSION, Archive
+from .conftest import DID, HOST_VERSION, ArchiveFolder
 from .harness import export, insert_rows, make_engine, post_row
 
 RELEASE = f"{HOST_VERSION[0]}.{HOST_VERSION[1]}"
@@ -136,11 +136,13 @@ def test_the_package_under_test_is_the_installed_one() -> None:
 # -- a host the plugin is not proven on: it steps aside, with one warning line per export ----------
 
 
-def host_alone_and_plugin(archive: Archive) -> tuple[Any, Any]:
-    archive.seed(30)
-    host_run = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "host"))
-    archive.enable_plugin(threshold=0)
-    plugin_run = archive.cli("export", "--did", DID, "--format", "csv", "--out", str(archive.root / "plugin"))
+def host_alone_and_plugin(archive_folder: ArchiveFolder) -> tuple[Any, Any]:
+    archive_folder.seed(30)
+    host_run = archive_folder.cli("export", "--did", DID, "--format", "csv", "--out", str(archive_folder.root / "host"))
+    archive_folder.enable_plugin(threshold=0)
+    plugin_run = archive_folder.cli(
+        "export", "--did", DID, "--format", "csv", "--out", str(archive_folder.root / "plugin")
+    )
     return host_run, plugin_run
 
 
@@ -150,10 +152,10 @@ def manifest(result: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", ["0.5.0", "1.0", "0.2.9", None])
 def test_a_host_release_outside_the_range_gets_its_own_exporter(
-    archive: Archive, monkeypatch: pytest.MonkeyPatch, version: str | None
+    archive_folder: ArchiveFolder, monkeypatch: pytest.MonkeyPatch, version: str | None
 ) -> None:
     monkeypatch.setattr(plugin, "installed_host_version", lambda: version)
-    host_run, plugin_run = host_alone_and_plugin(archive)
+    host_run, plugin_run = host_alone_and_plugin(archive_folder)
     assert plugin_run.code == 0, plugin_run.err
     assert manifest(plugin_run)["exporter"].startswith("skyarchive ")
     assert (plugin_run.export_dir / "posts.csv").read_bytes() == (host_run.export_dir / "posts.csv").read_bytes()

@@ -14,7 +14,7 @@ from .harness import Outcome, export, feed_fifo, insert_rows, make_engine, media
 
 
 @pytest.fixture
-def library(tmp_path: Path) -> tuple[Any, Path, Path]:
+def hostile_media(tmp_path: Path) -> tuple[Any, Path, Path]:
     """30 posts; media for several of them, among them hostile rows."""
     media_dir = tmp_path / "media"
     (media_dir / "did").mkdir(parents=True)
@@ -53,9 +53,9 @@ def files(outcome: Outcome) -> dict[str, bytes]:
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 30, 1000])
 @pytest.mark.parametrize("format", ["json", "csv"])
 def test_plugin_copies_what_the_host_copies(
-    library: tuple[Any, Path, Path], tmp_path: Path, batch_size: int, format: str
+    hostile_media: tuple[Any, Path, Path], tmp_path: Path, batch_size: int, format: str
 ) -> None:
-    engine, media_dir, _ = library
+    engine, media_dir, _ = hostile_media
     common = {"media": True, "media_dir": media_dir, "format": format}
     host = export(engine, tmp_path / "host", settings=None, **common)
     plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": batch_size}, **common)
@@ -72,9 +72,9 @@ def test_plugin_copies_what_the_host_copies(
 
 
 def test_refused_and_missing_media_are_reported(
-    library: tuple[Any, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    hostile_media: tuple[Any, Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine, media_dir, _ = library
+    engine, media_dir, _ = hostile_media
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 5}, media=True, media_dir=media_dir)
     assert outcome.error is None
     for hash in ("x1", "x2", "x3", "x4", "x7", "x8"):
@@ -83,8 +83,8 @@ def test_refused_and_missing_media_are_reported(
     assert "media x6: skipped" in caplog.text
 
 
-def test_media_of_a_date_range_only(library: tuple[Any, Path, Path], tmp_path: Path) -> None:
-    engine, media_dir, _ = library
+def test_media_of_a_date_range_only(hostile_media: tuple[Any, Path, Path], tmp_path: Path) -> None:
+    engine, media_dir, _ = hostile_media
     window = {"since": "2025-01-01T00:00:50.000Z", "until": "2025-01-01T00:00:59.000Z"}  # posts 0..9
     host = export(engine, tmp_path / "host", settings=None, media=True, media_dir=media_dir, **window)
     plugin = export(

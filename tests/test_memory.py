@@ -18,6 +18,8 @@ from skyarchive.seed import seed_archive
 
 from .harness import export, insert_rows, make_engine, media_row, post_row
 
+pytestmark = pytest.mark.slow  # 100k-post archives, subprocesses measured
+
 SMALL, LARGE = "did:plc:smallarchive", "did:plc:largearchive"
 
 # VmHWM: the peak RSS of this process's own address space. (ru_maxrss is not it:
@@ -33,11 +35,12 @@ PEAK_RSS = textwrap.dedent(
     """
 )
 
+
 linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
+def archives_10k_100k(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
     root = tmp_path_factory.mktemp("memory")
     engine = make_engine(root / "archive.db")
     for did, posts in ((SMALL, 10_000), (LARGE, 100_000)):
@@ -65,8 +68,8 @@ def peak_rss_mb(root: Path, config: str, fmt: str) -> int:
 
 @linux_only
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_peak_rss_of_100k_posts_is_far_below_the_hosts(archive: tuple[Path, Any], fmt: str) -> None:
-    root, _ = archive
+def test_peak_rss_of_100k_posts_is_far_below_the_hosts(archives_10k_100k: tuple[Path, Any], fmt: str) -> None:
+    root, _ = archives_10k_100k
     plugin = peak_rss_mb(root, "plugin", fmt)
     host = peak_rss_mb(root, "host", fmt)
     print(f"peak RSS, 100k posts, {fmt}: plugin {plugin} MB, host {host} MB")
@@ -92,8 +95,8 @@ def traced_peak(engine: Any, out: Path, did: str, *, media_dir: Path | None = No
     return peak
 
 
-def test_python_memory_is_the_same_at_10k_and_100k_posts(archive: tuple[Path, Any], tmp_path: Path) -> None:
-    _, engine = archive
+def test_python_memory_is_the_same_at_10k_and_100k_posts(archives_10k_100k: tuple[Path, Any], tmp_path: Path) -> None:
+    _, engine = archives_10k_100k
     small = traced_peak(engine, tmp_path / "small", SMALL)
     large = traced_peak(engine, tmp_path / "large", LARGE)
     print(f"tracemalloc peak: 10k posts {small / 2**20:.1f} MiB, 100k posts {large / 2**20:.1f} MiB")

@@ -18,7 +18,7 @@ from skyarchive.plugins import load_plugins
 from export_batching_plugin.config import Settings
 from export_batching_plugin.plugin import ExportBatching, ExportBatchingWithProgress
 
-from .conftest import DID, HOST_VERSION, Archive
+from .conftest import DID, HOST_VERSION, ArchiveFolder
 from .harness import insert_rows, make_engine, post_row
 
 
@@ -65,19 +65,19 @@ def test_the_other_hosts_hook_does_not_fit(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_enabled_but_missing_plugin_is_an_error(archive: Archive) -> None:
+def test_enabled_but_missing_plugin_is_an_error(archive_folder: ArchiveFolder) -> None:
     with pytest.raises(UsageError, match="'nope' is enabled but not installed"):
         load_plugins(AppConfig(plugins_enabled=("nope",)))
-    archive.write_config('[plugins]\nenabled = ["export_batching", "nope"]\n')
-    result = archive.cli("init")
+    archive_folder.write_config('[plugins]\nenabled = ["export_batching", "nope"]\n')
+    result = archive_folder.cli("init")
     assert result.code == 2
     assert "plugin 'nope' is enabled but not installed" in result.error_line
-    assert not archive.db.exists()
+    assert not archive_folder.db.exists()
 
 
-def test_export_with_the_plugin_enabled_works(archive: Archive) -> None:
-    archive.enable_plugin(threshold=0, batch_size=7)
-    archive.seed(50)
-    result = archive.cli("export", "--did", DID, "--format", "json")
+def test_export_with_the_plugin_enabled_works(archive_folder: ArchiveFolder) -> None:
+    archive_folder.enable_plugin(threshold=0, batch_size=7)
+    archive_folder.seed(50)
+    result = archive_folder.cli("export", "--did", DID, "--format", "json")
     assert result.code == 0, result.err
     assert len(json.loads((result.export_dir / "posts.json").read_text(encoding="utf-8"))) == 50

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from export_batching_plugin import reading
 from export_batching_plugin.batched import ExportFailed
 
-from .conftest import Archive
+from .conftest import ArchiveFolder
 from .differential import STAMPS, fill, posts, run_both
 from .harness import add_slow_media_file, export, feed_fifo, insert_rows, post_row
 from .postgres import DRIVER, pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
@@ -52,18 +52,18 @@ def clear(engine: Engine) -> None:
         conn.execute(delete(posts_table))
 
 
-def test_cli_round_trip_on_postgresql(archive: Archive, pg_url: str) -> None:  # noqa: F811
-    assert archive.cli("--db", pg_url, "init").code == 0
-    seeded = archive.cli("--db", pg_url, "seed", "--posts", "300", "--media-every", "7")
-    assert seeded.code == 0, seeded.err
+def test_cli_round_trip_on_postgresql(archive_folder: ArchiveFolder, pg_url: str) -> None:  # noqa: F811
+    assert archive_folder.cli("--db", pg_url, "init").code == 0
+    seeding = archive_folder.cli("--db", pg_url, "seed", "--posts", "300", "--media-every", "7")
+    assert seeding.code == 0, seeding.err
     outputs = {}
     for exporter in ("host", "plugin"):
         if exporter == "plugin":
-            archive.enable_plugin(threshold=0, batch_size=64)
+            archive_folder.enable_plugin(threshold=0, batch_size=64)
         for fmt in ("json", "csv"):
-            result = archive.cli(
+            result = archive_folder.cli(
                 "--db", pg_url, "export", "--did", DEFAULT_DID, "--format", fmt, "--media",
-                "--out", str(archive.root / f"{exporter}-{fmt}"),
+                "--out", str(archive_folder.root / f"{exporter}-{fmt}"),
             )  # fmt: skip
             assert result.code == 0, result.err
             manifest = json.loads((result.export_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -179,6 +179,7 @@ def feed_after(fifo: Path, seconds: float, then: Callable[[], None] | None = Non
     return thread
 
 
+@pytest.mark.slow
 def test_an_idle_in_transaction_timeout_does_not_fail_a_slow_export(
     engine: Engine,
     pg_url: str,  # noqa: F811 - the fixture
@@ -203,6 +204,7 @@ def test_an_idle_in_transaction_timeout_does_not_fail_a_slow_export(
     assert plugin.result is not None and (plugin.result.export_dir / "media" / "slow.jpg").read_bytes() == b"jpeg"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("timeout", ["idle_in_transaction_session_timeout", "statement_timeout"])
 @pytest.mark.parametrize("format", ["json", "csv"])
 def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write(
@@ -259,6 +261,7 @@ def test_the_timeouts_lifted_are_those_the_server_has(engine: Engine) -> None:
                     conn.exec_driver_sql("SELECT set_config('transaction_timeout', '0', true)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["while media files are copied", "as the read transaction ends"])
 def test_a_session_terminated_late_does_not_change_the_outcome(
     engine: Engine, pg_url: str, tmp_path: Path, when: str,  # noqa: F811
@@ -445,6 +448,7 @@ def peak_rss(*args: str, cwd: Path) -> int:
     return int(peak)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 def test_streaming_200k_posts_stays_flat(engine: Engine, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
     seed_archive(engine, posts_table, media_table, posts=200_000, media_every=0, media_dir=tmp_path / "media")

@@ -167,6 +167,7 @@ def plugin_config(root: Path) -> None:
     (root / "skyarchive.toml").write_text(plugin_toml(threshold=0, batch_size=100), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_stalled_batch_keeps_the_console_going(tmp_path: Path) -> None:
     engine = make_engine(tmp_path / "skyarchive.db")
     seed_archive(engine, posts_table, media_table, posts=1000, media_every=0, media_dir=tmp_path / "media")
@@ -181,7 +182,7 @@ def test_a_stalled_batch_keeps_the_console_going(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def media_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder_of_10k_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6,000 posts with about 10,000 media files (skyarchive's seed, a media file for every post)."""
     root = tmp_path_factory.mktemp("media")
     engine = make_engine(root / "skyarchive.db")
@@ -192,15 +193,17 @@ def media_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_ten_thousand_media_files_keep_the_console_going(media_archive: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_ten_thousand_media_files_keep_the_console_going(folder_of_10k_media: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "skyarchive", "export", "--did", DEFAULT_DID, "--format", "json", "--media",
                "--out", str(tmp_path / "out")]  # fmt: skip
-    code, lines, ended = timed_lines(command, media_archive)
+    code, lines, ended = timed_lines(command, folder_of_10k_media)
     assert code == 0, lines
     assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
     assert any(line == "export: 6000/6000 posts (100%)" for _, line in lines)
 
 
+@pytest.mark.slow
 def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> None:
     """A media file on slow storage (a FIFO written once two status lines are out): a line at least every 5 s."""
     engine = make_engine(tmp_path / "skyarchive.db")

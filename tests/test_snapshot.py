@@ -47,7 +47,7 @@ ENGINES: dict[str, Callable[[Path], Engine]] = {
 }
 
 
-def archive(tmp_path: Path, journal_mode: str, setup: str = "default") -> tuple[Any, Path]:
+def make_archive(tmp_path: Path, journal_mode: str, setup: str = "default") -> tuple[Any, Path]:
     db = tmp_path / "a.db"
     make_engine(db).dispose()  # the schema
     engine = ENGINES[setup](db)
@@ -76,7 +76,7 @@ def change_archive(db: Path, *, timeout: float) -> None:
 @pytest.mark.parametrize("journal_mode", ["WAL", "DELETE"])
 def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: str, setup: str) -> None:
     """Also on engines set up to begin transactions their own way: the plugin's snapshot respects that setup."""
-    engine, db = archive(tmp_path, journal_mode, setup)
+    engine, db = make_archive(tmp_path, journal_mode, setup)
     before = export(engine, tmp_path / "before", settings=None)
     assert before.posts_bytes is not None
     writers: list[threading.Thread] = []

@@ -26,7 +26,7 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 
 from export_batching_plugin import staging
 
-from .conftest import Archive, plugin_toml
+from .conftest import ArchiveFolder, plugin_toml
 from .harness import add_slow_media_file, export, feed_fifo, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
@@ -114,10 +114,12 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         _run("umount", str(folder))
 
 
-def test_a_read_only_exports_folder(archive: Archive, read_only_folder: Path) -> None:
-    archive.seed(30)
-    archive.enable_plugin(threshold=0)
-    result = archive.cli("export", "--did", DEFAULT_DID, "--format", "json", "--out", str(read_only_folder.parent))
+def test_a_read_only_exports_folder(archive_folder: ArchiveFolder, read_only_folder: Path) -> None:
+    archive_folder.seed(30)
+    archive_folder.enable_plugin(threshold=0)
+    result = archive_folder.cli(
+        "export", "--did", DEFAULT_DID, "--format", "json", "--out", str(read_only_folder.parent)
+    )
     assert result.code == 1
     stale = read_only_folder / stale_name(0, "0" * 16)
     warnings = [line for line in result.err.splitlines() if "WARNING" in line]
@@ -145,7 +147,7 @@ def namespaces() -> None:
 
 
 @pytest.fixture
-def archives(tmp_path: Path) -> Iterator[Path]:
+def slow_and_small_archives(tmp_path: Path) -> Iterator[Path]:
     """``slow.db``: 50 posts, one media file that is a FIFO (slow storage: the export waits on it until
     :func:`feed_fifo` writes to it); ``small.db``: 50 posts of the same owner. And the config, plugin on."""
     root = tmp_path / "archives"
@@ -195,29 +197,30 @@ def wait_for_staging(folder: Path, timeout: float = 30) -> list[Path]:
     pytest.fail(f"no staging directory appeared in {folder}")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("namespaces")
 @pytest.mark.parametrize("which", ["the running one", "the newcomer"])
 def test_exports_from_two_pid_namespaces_into_one_folder_both_complete(
-    archives: Path, tmp_path: Path, which: str
+    slow_and_small_archives: Path, tmp_path: Path, which: str
 ) -> None:
     """A running export's staging directory survives an export started in another PID namespace."""
     out = tmp_path / "exports"
     running = subprocess.Popen(
-        export_command(archives, "slow.db", out, namespace=which == "the running one"),
-        cwd=archives, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        export_command(slow_and_small_archives, "slow.db", out, namespace=which == "the running one"),
+        cwd=slow_and_small_archives, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         (live,) = wait_for_staging(out / FOLDER)
         time.sleep(1.1)  # export directories are named by the second
         newcomer = subprocess.run(
-            export_command(archives, "small.db", out, namespace=which == "the newcomer"),
-            cwd=archives, capture_output=True, text=True, timeout=120, check=False,
+            export_command(slow_and_small_archives, "small.db", out, namespace=which == "the newcomer"),
+            cwd=slow_and_small_archives, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert newcomer.returncode == 0, newcomer.stderr
         assert running.poll() is None, "the running export should still be waiting on its slow media file"
         assert live.is_dir(), "the newcomer removed a running export's staging directory"
         assert "removed" not in newcomer.stderr
-        feed_fifo(archives / "media" / "slow.jpg")
+        feed_fifo(slow_and_small_archives / "media" / "slow.jpg")
         stdout, stderr = running.communicate(timeout=120)
     finally:
         running.kill()
@@ -229,11 +232,16 @@ def test_exports_from_two_pid_namespaces_into_one_folder_both_complete(
     assert (Path(stdout.strip().splitlines()[-1]) / "media" / "slow.jpg").read_bytes() == b"jpeg"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("namespaces")
-def test_a_killed_pid_1_export_leaves_staging_that_the_next_export_removes(archives: Path, tmp_path: Path) -> None:
+def test_a_killed_pid_1_export_leaves_staging_that_the_next_export_removes(
+    slow_and_small_archives: Path, tmp_path: Path
+) -> None:
     """An export that ran as PID 1 of its namespace and was killed: "PID 1 is alive" must not keep its leftovers."""
     out = tmp_path / "exports"
-    killed = subprocess.Popen(export_command(archives, "slow.db", out, namespace=True), cwd=archives)
+    killed = subprocess.Popen(
+        export_command(slow_and_small_archives, "slow.db", out, namespace=True), cwd=slow_and_small_archives
+    )
     (left,) = wait_for_staging(out / FOLDER)
     time.sleep(0.5)  # well into the export: waiting on the slow media file
     killed.kill()  # SIGKILL to unshare; --kill-child takes the export (PID 1 inside) with it
@@ -242,8 +250,8 @@ def test_a_killed_pid_1_export_leaves_staging_that_the_next_export_removes(archi
     wait_until_unlocked(left)  # the killed process is gone once its lock is
     time.sleep(1.1)
     following = subprocess.run(
-        export_command(archives, "small.db", out, namespace=False),
-        cwd=archives, capture_output=True, text=True, timeout=120, check=False,
+        export_command(slow_and_small_archives, "small.db", out, namespace=False),
+        cwd=slow_and_small_archives, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert following.returncode == 0, following.stderr
     assert not left.exists()
@@ -252,18 +260,20 @@ def test_a_killed_pid_1_export_leaves_staging_that_the_next_export_removes(archi
 
 @pytest.mark.parametrize("did", ["../../outside", "did:plc:a/../../b", "..", "did:web:x/y"])
 @pytest.mark.parametrize("threshold", [0, 1000])
-def test_a_did_that_would_leave_the_exports_folder_is_refused(archive: Archive, did: str, threshold: int) -> None:
-    archive.seed(20)
-    archive.enable_plugin(threshold=threshold)
-    out = archive.root / "a" / "b" / "exports"
+def test_a_did_that_would_leave_the_exports_folder_is_refused(
+    archive_folder: ArchiveFolder, did: str, threshold: int
+) -> None:
+    archive_folder.seed(20)
+    archive_folder.enable_plugin(threshold=threshold)
+    out = archive_folder.root / "a" / "b" / "exports"
     out.mkdir(parents=True)
-    before = sorted(archive.root.rglob("*"))
-    result = archive.cli("export", "--did", did, "--format", "json", "--out", str(out))
+    before = sorted(archive_folder.root.rglob("*"))
+    result = archive_folder.cli("export", "--did", did, "--format", "json", "--out", str(out))
     assert result.code == 2
     assert result.error_line == (
         f"skyarchive: error: --did {did!r} cannot name a folder inside the exports folder; nothing was exported"
     )
-    assert sorted(archive.root.rglob("*")) == before
+    assert sorted(archive_folder.root.rglob("*")) == before
 
 
 # -- races, each forced where it can happen -----------------------------------------------------------

@@ -105,7 +105,7 @@ def assert_let_go(checkouts: Checkouts, db: Path | None) -> None:
 
 
 @pytest.fixture
-def library(tmp_path: Path) -> Iterator[tuple[Engine, Path, Path]]:
+def media_archive(tmp_path: Path) -> Iterator[tuple[Engine, Path, Path]]:
     """45 posts, 15 with a media file: (engine, media_dir, database file)."""
     rows = [post_row(n, created_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z") for n in range(45)]
     files = {f"m{n}.jpg": (n, b"jpeg %d" % n) for n in range(0, 45, 3)}
@@ -130,9 +130,9 @@ def media_files(outcome: Outcome) -> dict[str, bytes]:
 @pytest.mark.parametrize("which", [w for w in WHICH if w != "the reader"])
 @pytest.mark.parametrize("format", ["json", "csv"])
 def test_the_export_does_the_work_itself(
-    library: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, format: str
+    media_archive: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, format: str
 ) -> None:
-    engine, media_dir, db = library
+    engine, media_dir, db = media_archive
     checkouts = Checkouts(engine)
     refused = failing_starts(monkeypatch, WHICH[which])
     host, plugin, fds = export_twice(engine, tmp_path, media_dir, format=format)
@@ -152,11 +152,11 @@ def test_the_export_does_the_work_itself(
 
 @pytest.mark.parametrize("which", ["every thread", "the second media worker"])
 def test_a_failure_without_threads_still_unwinds_everything(
-    library: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+    media_archive: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
     """The bug of e1e3fca: a media worker that did not start made the cleanup join it, which raised, and the
     snapshot, the staging directory and its lock's fd were left."""
-    engine, media_dir, db = library
+    engine, media_dir, db = media_archive
     checkouts = Checkouts(engine)
     export(engine, tmp_path / "warm", settings=SETTINGS, media=True, media_dir=media_dir)
     original = writing.JsonWriter.write_batch
@@ -183,14 +183,15 @@ def test_a_failure_without_threads_still_unwinds_everything(
     assert open_fds() == fds
 
 
+@pytest.mark.slow
 def test_without_a_heartbeat_the_export_keeps_the_console_going_itself(
-    library: tuple[Engine, Path, Path],
+    media_archive: tuple[Engine, Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """While it waits for a slow media file, the export's own thread logs the status lines the heartbeat would."""
-    engine, media_dir, _ = library
+    engine, media_dir, _ = media_archive
     fifo = add_slow_media_file(engine, media_dir)
     feeder = threading.Thread(target=lambda: (time.sleep(1.2), feed_fifo(fifo)))
     refused = failing_starts(monkeypatch, WHICH["the progress heartbeat"])
@@ -297,6 +298,7 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def test_a_real_task_limit_from_the_cli(cgroup: Path, tmp_path: Path, backend: str, request: Any) -> None:
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
@@ -320,6 +322,7 @@ def test_a_real_task_limit_from_the_cli(cgroup: Path, tmp_path: Path, backend: s
     assert list(root.rglob("*.staging-*")) == []
 
 
+@pytest.mark.slow
 def test_the_limit_is_real(cgroup: Path, tmp_path: Path) -> None:
     """In the cgroup, a thread really cannot start (else the test above tests nothing)."""
     (cgroup / "pids.max").write_text("1")
