@@ -1,12 +1,12 @@
 """The batched export, start to end: the diagram of docs/how-it-works.md, in order.
 
 One lifecycle that always unwinds. Each resource the export makes registers its undo on one
-``ExitStack`` where it is made, in this order: the staging directory, the media copier, the read
-snapshot, the posts writer, the cursor, the progress reporter. A failure therefore unwinds them in the
-reverse order by construction: progress stopped first (nothing is reported once the export has failed),
-the cursor closed before the snapshot ends, the snapshot ended before the media workers are waited for
-and before the staging directory is removed. No undo raises: the first error is the one the user is
-told, with its phase (:class:`ExportFailed`).
+``ExitStack`` where it is made, in this order: the staging directory, the media copier, the posts
+file's output (its writer thread), the read snapshot, the cursor, the progress reporter. A failure
+therefore unwinds them in the reverse order by construction: progress stopped first (nothing is reported
+once the export has failed), the cursor closed before the snapshot ends, the snapshot ended before the
+writer and the media workers are waited for and before the staging directory is removed. No undo raises:
+the first error is the one the user is told, with its phase (:class:`ExportFailed`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from . import __version__, pgcopy
-from .checksums import SUMS_NAME, StreamDigest, file_digest, write_sums
+from .checksums import SUMS_NAME, file_digest, write_sums
 from .config import Settings
 from .encoding import Encoders
 from .host import (
@@ -37,11 +36,12 @@ from .host import (
     write_manifest,
 )
 from .media import MediaCopier
+from .output import Output, WriteBehindError, spool_directory
 from .progress import Channel, ProgressReporter
 from .reading import Batch, Snapshot, count_archive, count_selection, read_batches, read_media_rows
 from .selfcheck import make_encoders
 from .staging import Staging, check_folder_name, fsync_directory, sync_tree
-from .writing import CsvWriter, PostsWriter, open_writer
+from .writing import CsvWriter, PostsWriter, open_writer, posts_output
 
 log = logging.getLogger("export_batching_plugin")
 EXPORTER = f"export_batching {__version__}"
@@ -148,8 +148,13 @@ class _Export:
                 )
             )
         progress = ProgressReporter(self.channel, interval=settings.progress_interval)
-        writer, digest = self._read(stack, encoders, media, progress)
-        self._finish(writer, digest, media, progress)
+        path = staging.path / POSTS_FILE[request.format]
+        spool_dir = spool_directory(staging.final.parent)
+        output = stack.enter_context(
+            posts_output(path, spool_dir=spool_dir, checksums=settings.checksums, on_written=progress.update)
+        )
+        writer = self._read(stack, encoders, media, output, progress)
+        self._finish(writer, media, progress)
         self.result = ExportResult(
             export_dir=job.export_dir, post_count=progress.processed, media_count=media.copied if media else 0
         )
@@ -159,11 +164,19 @@ class _Export:
         return self.result
 
     def _read(
-        self, stack: ExitStack, encoders: Encoders, media: MediaCopier | None, progress: ProgressReporter
-    ) -> tuple[PostsWriter, StreamDigest | None]:
-        """Inside the read snapshot: count, list the media rows, write every post; then end the snapshot."""
-        job, request, settings = self.job, self.job.request, self.settings
-        assert self.staging is not None
+        self,
+        stack: ExitStack,
+        encoders: Encoders,
+        media: MediaCopier | None,
+        output: Output,
+        progress: ProgressReporter,
+    ) -> PostsWriter:
+        """Inside the read snapshot: count, list the media rows, read and encode every post; end the snapshot.
+
+        The encoded posts are written behind (:mod:`.output`): the snapshot ends when the last row is read,
+        whatever the speed of the disk the posts file goes to.
+        """
+        job, request = self.job, self.job.request
         self.phase = "counting posts"
         snapshot = stack.enter_context(Snapshot.open(job.engine))
         conn = snapshot.conn
@@ -172,64 +185,66 @@ class _Export:
             self.phase = "reading the media rows"
             media.spool(read_media_rows(conn, request))
             media.start()
-        digest = stack.enter_context(StreamDigest()) if settings.checksums else None
-        path = self.staging.path / POSTS_FILE[request.format]
-        batches, writer = self._posts(conn, total, encoders, path, digest)
-        stack.enter_context(writer)
+        batches, writer = self._posts(conn, total, encoders, output)
         stack.enter_context(closing(batches))  # its cursor, before the snapshot ends
         stack.enter_context(progress.start(total))  # stopped first: nothing is reported once the export failed
-        for batch in self._reading(batches, progress):
+        for batch in self._reading(batches, total):
             self.phase, self.batch = "writing", Span.of(batch)
-            writer.write_batch(batch)
-            progress.advance(len(batch.rows))
+            self._writing(writer.write_batch, batch)
             if media is not None:
                 self.phase, self.batch = "copying media files", None
                 media.check()
         self.phase, self.batch = f"finishing {writer.path.name}", None
-        writer.end()
+        self._writing(writer.end)
         batches.close()
         snapshot.end(complete=True)
-        return writer, digest
+        return writer
 
-    def _reading(self, batches: Iterator[Batch], progress: ProgressReporter) -> Iterator[Batch]:
+    def _writing(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``write(*args, **kwargs)``; a failure of the writer thread is told as the batch it was writing."""
+        try:
+            return write(*args, **kwargs)
+        except WriteBehindError as late:  # late.tag: the batch whose posts it was writing, or None
+            if isinstance(late.tag, Batch):
+                self.phase, self.batch = "writing", Span.of(late.tag)
+            raise late.cause from None
+
+    def _reading(self, batches: Iterator[Batch], total: int) -> Iterator[Batch]:
         """The batches, with the phase saying which one is being read (so that a failure names it)."""
-        size, total, number = self.settings.batch_size, progress.total, 0
+        size, read, number = self.settings.batch_size, 0, 0
         while True:
-            done = progress.processed
-            if done >= total:
-                self.phase, self.batch = f"reading the end of the selection (after post {done} of {total})", None
+            if read >= total:
+                self.phase, self.batch = f"reading the end of the selection (after post {read} of {total})", None
             else:
-                self.phase, self.batch = "reading", Span(number + 1, done + 1, min(done + size, total))
+                self.phase, self.batch = "reading", Span(number + 1, read + 1, min(read + size, total))
             batch = next(batches, None)
             if batch is None:
                 return
-            number = batch.number
+            number, read = batch.number, read + len(batch.rows)
             yield batch
 
     def _posts(
-        self, conn: Connection, total: int, encoders: Encoders, path: Path, digest: StreamDigest | None
+        self, conn: Connection, total: int, encoders: Encoders, output: Output
     ) -> tuple[Generator[Batch, None, None], PostsWriter]:
         """The stream of the posts' batches, and the writer of the posts file."""
         request, settings = self.job.request, self.settings
-        sink = digest.update if digest is not None else None
         sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
         if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
             stmt = pgcopy.copy_query(request, with_labels=has_labels(encoders.csv_header))
             encode = pgcopy.copy_lines_encoder(*encoders.fields)
-            return pgcopy.read_copy_batches(conn, stmt, **sizes), CsvWriter(path, encoders.csv_header, encode, sink)
+            return pgcopy.read_copy_batches(conn, stmt, **sizes), CsvWriter(output, encoders.csv_header, encode)
         in_date_order = conn.dialect.name == "sqlite" and 2 * total >= count_archive(conn)  # most of the archive
         return read_batches(conn, request, in_date_order=in_date_order, **sizes), open_writer(
-            request.format, path, encoders, sink
+            request.format, output, encoders
         )
 
-    def _finish(
-        self, writer: PostsWriter, digest: StreamDigest | None, media: MediaCopier | None, progress: ProgressReporter
-    ) -> None:
-        """Outside the snapshot: the posts file synced, the media copied, the manifest, the sums, one sync."""
+    def _finish(self, writer: PostsWriter, media: MediaCopier | None, progress: ProgressReporter) -> None:
+        """Outside the snapshot: the posts file written and synced, the media copied, the manifest, the sums,
+        one sync."""
         assert self.staging is not None
         staging = self.staging
+        digest = self._writing(writer.finish, tick=progress.beat)
         progress.finishing(self._status(progress, media))
-        writer.sync()
         if media is not None:
             self.phase = "copying media files"
             media.wait(tick=progress.beat)
@@ -248,7 +263,7 @@ class _Export:
             media_sums = media.sums() if media is not None else iter(())
             write_sums(
                 staging.path / SUMS_NAME,
-                [(digest.hexdigest(), writer.path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
+                [(digest, writer.path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
                 media_sums,
             )
         self.phase = "syncing to disk"

@@ -16,9 +16,8 @@ encoder equal to csv.writer on every version of the tox matrix):
 - NUL (``\\x00``): written as is, unquoted, on 3.11+; 3.10's csv.writer raises
   ``_csv.Error: need to escape, but no escapechar set`` (cpython#97503).
 
-Why: csv.writer costs about 5 µs a row whatever it writes to (it copies every
-character into a buffer of its own); the lines built here cost a third of that
-for 100k seeded posts (182 ms against 594 ms, measured).
+Why: csv.writer copies every character into a buffer of its own, whatever it
+writes to; the lines built here cost about a third of its time (docs/benchmarks.md, "Measurements behind the design").
 
 :func:`posts_csv_encoder` quotes the text column (and MediaFiles, Labels) row
 by row, and builds each line with one f-string. The other columns (URIs, CIDs,

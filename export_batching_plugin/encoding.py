@@ -52,7 +52,7 @@ BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[memor
 #: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
 RUN_BYTES = 1 << 20
 #: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
-#: for long strings (measured: 40 posts of 2 MiB, tracemalloc peak 150 MiB with orjson, 39 MiB without).
+#: for long strings, several times the record's size (docs/benchmarks.md, "Measurements behind the design").
 LARGE_RECORD = 64 << 10
 CSV_15 = (
     "URI", "CID", "DID", "Text", "CreatedAt", "LikeCount", "RepostCount", "ReplyCount", "QuoteCount", "IsReply",

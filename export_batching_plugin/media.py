@@ -14,9 +14,8 @@ export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as s
 Each file is copied with the host's own ``copy_media_file`` (same names,
 same refusal of paths outside ``media_dir``, same skips of missing files and
 repeated names). The copies are made durable by the export's final sync
-(:func:`.staging.sync_tree`, one ``syncfs``: 0.07 s for 10,000 files here,
-where asking the kernel to start writing each file as it was copied made the
-copying slower than the sync it saved). The host copies
+(:func:`.staging.sync_tree`, one ``syncfs``, cheaper than asking the kernel to
+start writing each file as it is copied: docs/benchmarks.md, "Measurements behind the design"). The host copies
 rows in order and the first row of a file name wins; rows are routed to
 workers by file name, so all rows of one name go to one worker, in order, and
 the same row wins.
@@ -43,11 +42,11 @@ from typing import IO, Any
 
 from . import host
 from .checksums import stream_digest
-from .threads import start_thread
+from .threads import Helper, start_thread
 
 #: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
-#: in one folder contend for it: copying 10,000 media files took (medians of 6) 4.37 s one after another (as
-#: the host does), 4.81 s on 1 worker, 3.89 s on 2, 4.33 s on 4.
+#: in one folder contend for it: two measured faster than one or four, and than one after another as the host
+#: copies (docs/benchmarks.md, "Measurements behind the design").
 WORKERS = 2
 _QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
@@ -74,7 +73,7 @@ class MediaCopier:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
-        self._threads: list[threading.Thread] = []  # started ones only
+        self._threads: list[Helper] = []  # started ones only
         self._inline = False  # no threads: wait() copies
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
@@ -101,7 +100,7 @@ class MediaCopier:
                 return
         self._stop.set()  # the workers started have no row: they stop
         for thread in self._threads:
-            thread.join()
+            thread.wait()
         self._threads, self._inline = [], True
 
     def __enter__(self) -> MediaCopier:
@@ -130,8 +129,7 @@ class MediaCopier:
         if self._inline:
             self._copy_inline(tick)
         for thread in self._threads:
-            while thread.is_alive():
-                thread.join(0.1)
+            while not thread.wait(0.1):
                 tick()
         self._spool.close()
         self.check()
@@ -176,8 +174,8 @@ class MediaCopier:
         try:
             deadline = time.monotonic() + timeout
             for thread in self._threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            if any(thread.is_alive() for thread in self._threads):
+                thread.wait(max(0.0, deadline - time.monotonic()))
+            if any(thread.running for thread in self._threads):
                 log.warning("export_batching: a media file copy is still waiting on its storage; left to end by itself")
         finally:
             for stream in (self._spool, *self._sums):

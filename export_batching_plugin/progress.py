@@ -32,15 +32,15 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from .threads import start_thread
+from .threads import Helper, start_thread
 
 Channel = Callable[[int, int], None]
 log = logging.getLogger("export_batching_plugin")
 
 
 class ProgressReporter:
-    """:meth:`start` with the total (a context manager: stopped on the way out); :meth:`advance` after each
-    batch, then :meth:`finishing`."""
+    """:meth:`start` with the total (a context manager: stopped on the way out); :meth:`update` with the
+    posts written, then :meth:`finishing`."""
 
     def __init__(self, channel: Channel, *, interval: float) -> None:
         self._channel = channel
@@ -52,7 +52,7 @@ class ProgressReporter:
         self._last = 0.0  # when the channel was last called (or a status line logged)
         self._status: Callable[[], str] | None = None  # set in the finishing phase
         self._failure: BaseException | None = None  # what the channel raised on the heartbeat's thread
-        self._thread: threading.Thread | None = None
+        self._thread: Helper | None = None
 
     def start(self, total: int) -> ProgressReporter:
         """Report ``(0, total)`` and start the heartbeat (where a thread can be started)."""
@@ -71,12 +71,19 @@ class ProgressReporter:
         """No more reports, from now on."""
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.wait()
 
     def advance(self, count: int) -> None:
         """``count`` more posts are written: report."""
-        self.processed += count
-        self._report()
+        self.update(self.processed + count)
+
+    def update(self, processed: int) -> None:
+        """``processed`` posts are written by now: report, if that is news (from any thread)."""
+        with self._lock:
+            if processed == self.processed:
+                return
+            self.processed = processed
+            self._report_locked()
 
     def finishing(self, status: Callable[[], str]) -> None:
         """Every post is written; ``status()`` says what the export is doing from now on."""
@@ -96,10 +103,15 @@ class ProgressReporter:
 
     def _report(self) -> None:
         with self._lock:
-            if self._failure is not None:  # the channel failed on the heartbeat's thread: it fails here too
-                raise self._failure
-            self._last = time.monotonic()
-            self._channel(self.processed, self.total)
+            self._report_locked()
+
+    def _report_locked(self) -> None:
+        if self._failure is not None:  # the channel failed on the heartbeat's thread: it fails here too
+            raise self._failure
+        if self._stopped.is_set():  # the export has stopped (failed): nothing more is reported
+            return
+        self._last = time.monotonic()
+        self._channel(self.processed, self.total)
 
     def _heartbeat(self) -> None:
         while not self._stopped.wait(self.tick):

@@ -30,7 +30,7 @@ log = logging.getLogger("export_batching_plugin")
 
 #: Stored columns whose size can be large; they make up a row's size for the byte budget.
 _TEXT, _EMBED, _LABELS = (POST_COLUMNS.index(name) for name in ("text", "embed_data", "labels"))
-#: Drivers whose rows are fetched as plain tuples (see :func:`open_stream`); measured on each.
+#: Drivers whose rows are fetched as plain tuples (see :func:`open_stream`).
 RAW_CURSOR_DRIVERS = frozenset({"pysqlite"})
 SERVER_CURSOR_DRIVERS = frozenset({"psycopg", "psycopg2"})
 
@@ -124,15 +124,14 @@ class Snapshot:
 
 
 def _no_timeouts(server_version: tuple[Any, ...]) -> str:
-    """``SET LOCAL`` of the timeouts that would end the read transaction while the posts file is written.
+    """``SET LOCAL`` of the timeouts that could end the read transaction where skyarchive alone completes.
 
-    skyarchive's own exporter reads every row with one query, then writes; the plugin writes while it
-    reads, so a slow disk (a network share) keeps its transaction open, idle between fetches, or its
-    COPY waiting on the client, for as long as the writing takes. A server's
-    ``idle_in_transaction_session_timeout``, ``statement_timeout`` or (PostgreSQL 17)
-    ``transaction_timeout`` would then end an export that skyarchive alone completes. pg_dump, the
-    other long read-only snapshot, sets them to 0 for its session; the plugin does so for its read
-    transaction only (``set_config(…, true)``), and the connection goes back to the pool as it was.
+    The plugin reads the selection with one statement (a server-side cursor, or a COPY) for as long as the
+    selection takes, and pauses between fetches while it encodes; skyarchive alone reads it with one
+    statement too, but a server's ``statement_timeout`` or ``idle_in_transaction_session_timeout`` (or
+    PostgreSQL 17's ``transaction_timeout``) meets the two differently. pg_dump, the other long read-only
+    snapshot, sets them to 0 for its session; the plugin does so for its read transaction only
+    (``set_config(…, true)``), and the connection goes back to the pool as it was.
     """
     names = ["statement_timeout", "idle_in_transaction_session_timeout"]
     if tuple(server_version[:1]) >= (17,):
@@ -164,15 +163,15 @@ def open_stream(conn: Connection, stmt: Select[Any], *, batch_size: int) -> Stre
 
     - pysqlite: through SQLAlchemy (compiled by the dialect, with the engine's events), then rows are
       fetched from the result's own DBAPI cursor, which steps through the result as rows are fetched and
-      returns plain tuples, skipping SQLAlchemy's row objects (fetching 100k posts, measured under load:
-      1.34 s as row objects, 0.79 s as tuples). The values are the same: the only processor pysqlite's
-      result would apply here, Boolean's, turns 0/1 into False/True, and the encoders take ``bool()``.
+      returns plain tuples, skipping SQLAlchemy's row objects, which cost more than the encoding
+      (docs/benchmarks.md, "Measurements behind the design"). The values are the same: the only processor
+      pysqlite's result would apply here, Boolean's, turns 0/1 into False/True, and the encoders take
+      ``bool()``.
     - psycopg 3, psycopg2: a server-side (named) cursor of the driver's own, on the snapshot's
       connection, executed with the statement SQLAlchemy compiles: tuples again, ``FETCH n`` per
       ``fetchmany``, never the whole result client side. (SQLAlchemy's ``stream_results`` reads a row
-      into a buffer of its own on execution, so its DBAPI cursor cannot be read directly.) Measured,
-      100k posts to JSON, whole process: 1.40 s against 1.48 s with SQLAlchemy's rows; with the fetches
-      on a reader thread (:func:`prefetched`) 1.14 s.
+      into a buffer of its own on execution, so its DBAPI cursor cannot be read directly.) The fetches
+      run one batch ahead on a reader thread (:func:`prefetched`).
     - any other driver: SQLAlchemy's rows, with ``stream_results``.
     """
     driver = conn.dialect.driver
@@ -199,9 +198,8 @@ def _in_date_order(criteria: list[Any]) -> list[Any]:
 
     The same rows, in the same order; the unary ``+`` only keeps SQLite from using ``idx_posts_did``, so it
     walks ``idx_posts_created_at`` in the export's order and sorts only ties on ``uri``, instead of sorting
-    the whole selection before the first row comes (fetching 100k posts: 0.32 s against 0.38 s; a whole
-    1M-post CSV export 7.7 s against 9.1 s, measured). Only worth it when the selection is most of the
-    archive: otherwise it walks the other owners' posts too.
+    the whole selection before the first row comes (docs/benchmarks.md, "Measurements behind the design").
+    Only worth it when the selection is most of the archive: otherwise it walks the other owners' posts too.
     """
 
     def is_did(criterion: Any) -> bool:
@@ -332,10 +330,10 @@ def prefetched(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
     """``batches``, produced on a reader thread one batch ahead (PostgreSQL).
 
     The driver lets go of the GIL while it waits for the server, so the server prepares the next
-    batch while this one is encoded and written (measured: 100k posts to JSON, 1.40 s whole process
-    without, 1.14 s with). One batch waits at most: memory stays about twice the byte budget.
-    Errors on the reader thread are raised here, when the batch they stopped is asked for. Closing
-    this generator stops the thread and closes ``batches`` (and its cursor) on it.
+    batch while this one is encoded and written (docs/benchmarks.md, "Measurements behind the design"). One
+    batch waits at most: memory stays about twice the byte budget. Errors on the reader thread are raised
+    here, when the batch they stopped is asked for. Closing this generator stops the thread and closes
+    ``batches`` (and its cursor) on it.
     """
     handover: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -364,7 +362,6 @@ def prefetched(batches: Generator[Batch, None, None]) -> Generator[Batch, None, 
             yield item
     finally:
         stop.set()
-        while reader.is_alive():  # unblock a reader waiting to hand a batch over
+        while reader.running:  # unblock a reader waiting to hand a batch over
             with suppress(queue.Empty):
                 handover.get(timeout=0.05)
-        reader.join()

@@ -14,15 +14,43 @@ from typing import Any
 log = logging.getLogger("export_batching_plugin")
 
 
-def start_thread(target: Callable[..., Any], name: str, *args: Any, doing: str) -> threading.Thread | None:
+class Helper:
+    """A started daemon thread, waited for through an Event it sets when it ends.
+
+    Not ``Thread.join``: a join interrupted by Ctrl-C can mark a thread that is still running as stopped
+    (CPython before 3.13, gh-90882), and the export's cleanup must know which threads still run.
+    """
+
+    def __init__(self, target: Callable[..., Any], name: str, args: tuple[Any, ...]) -> None:
+        self.done = threading.Event()
+        self.name = name
+        self._target, self._args = target, args
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._target(*self._args)
+        finally:
+            self.done.set()
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the thread has ended, ``timeout`` seconds at most; whether it has."""
+        return self.done.wait(timeout)
+
+
+def start_thread(target: Callable[..., Any], name: str, *args: Any, doing: str) -> Helper | None:
     """Start ``target(*args)`` on a daemon thread; None, logged at INFO, when it cannot be started.
 
     ``doing`` says what the export's own thread does instead, for the log line.
     """
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    helper = Helper(target, name, args)
     try:
-        thread.start()
+        helper.thread.start()
     except (RuntimeError, MemoryError) as exc:
         log.info("export_batching: cannot start a thread (%s); %s on the export's own thread", exc, doing)
         return None
-    return thread
+    return helper

@@ -27,7 +27,7 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 from sqlalchemy.exc import OperationalError
 
-from export_batching_plugin import batched, host, reading, staging, writing
+from export_batching_plugin import batched, host, output, reading, staging, writing
 
 from .conftest import plugin_toml
 from .harness import archive_with_media, export, make_engine, plugin_manager, post_row
@@ -179,22 +179,47 @@ def test_disk_full_names_the_file_as_the_user_knows_it(
     assert str(outcome.error) == f"writing batch 1 (posts 1-10) failed: disk full: {final}"
 
 
-def test_a_failed_final_flush_names_no_batch(
+def test_a_failed_final_write_names_no_batch(
     media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The closing bracket and the last buffered bytes belong to no batch: the error says so."""
+    """The closing bracket belongs to no batch: the error says so (it fails on the writer thread)."""
     engine, _ = media_archive
-    original = writing.PostsWriter._write
+    original = output.Output._write
 
-    def write(self: writing.PostsWriter, data: Any) -> None:
-        if bytes(data) == b"\n]\n":
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-        original(self, data)
+    def write(self: output.Output, where: Any, posts: int, tag: Any) -> None:
+        if isinstance(where, list) and b"".join(map(bytes, where)) == b"\n]\n":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, where, posts, tag)
 
-    monkeypatch.setattr(writing.PostsWriter, "_write", write)
+    monkeypatch.setattr(output.Output, "_write", write)
     outcome = export(engine, tmp_path, settings=SETTINGS)
     assert outcome.job is not None
     assert str(outcome.error) == f"finishing posts.json failed: disk full: {outcome.job.export_dir / 'posts.json'}"
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["from memory", "from the spool"])
+def test_a_write_behind_failure_names_its_batch(
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spooled: bool
+) -> None:
+    """The writer thread fails on batch 2's posts: the export is told so, as that batch, wherever it waited."""
+    engine, _ = media_archive
+    if spooled:  # no memory at all: every batch waits in the spool file
+        monkeypatch.setattr(output, "MEMORY", 0)
+    original = output.Output._write
+
+    def write(self: output.Output, where: Any, posts: int, tag: Any) -> None:
+        if getattr(tag, "number", None) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, where, posts, tag)
+
+    monkeypatch.setattr(output.Output, "_write", write)
+    outcome = export(engine, tmp_path, settings=SETTINGS)
+    assert outcome.job is not None
+    failure = outcome.error
+    assert isinstance(failure, batched.ExportFailed)
+    assert (failure.phase, failure.batch) == ("writing", batched.Span(2, 11, 20))
+    assert str(failure) == f"writing batch 2 (posts 11-20) failed: disk full: {outcome.job.export_dir / 'posts.json'}"
+    assert leftovers(tmp_path) == []
 
 
 def test_a_staging_directory_that_cannot_be_removed_is_reported(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -106,15 +107,17 @@ def test_an_interrupt_while_a_copy_waits_on_storage_does_not_hang(
     insert_rows(engine, [post_row(n) for n in range(30)], [media_row("stuck", post_row(0), "stuck.jpg")])
     monkeypatch.setattr(media.MediaCopier.abort, "__kwdefaults__", {"timeout": 0.5})
 
-    def interrupt(done: int, total: int) -> None:
-        if done == total and threading.current_thread() is threading.main_thread():
-            time.sleep(0.2)  # the worker is blocked opening the FIFO by now
-            raise KeyboardInterrupt
+    def interrupt(done: int, total: int) -> None:  # Ctrl-C, once every post is written
+        if done == total and not interrupted:
+            interrupted.append(threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)))
+            interrupted[0].start()  # the worker is blocked opening the FIFO by then, the export waiting on it
 
+    main, interrupted = threading.main_thread().ident, []
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 10}, media=True,
                media_dir=media_dir, listener=interrupt)  # fmt: skip
+    assert interrupted
     assert time.monotonic() - started < 10
     assert "a media file copy is still waiting on its storage" in caplog.text
     assert [p for p in (tmp_path / "out").rglob("*") if ".staging-" in p.name] == []

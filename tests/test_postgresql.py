@@ -137,22 +137,33 @@ def test_concurrent_changes_do_not_reach_the_export(engine: Engine, tmp_path: Pa
     assert after.posts_bytes != before.posts_bytes
 
 
-def test_connection_killed_mid_export_fails_cleanly(engine: Engine, pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_connection_killed_mid_export_fails_cleanly(
+    engine: Engine, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
     fill(engine, [{"text": "x"}], 3000, spread=True)
     killed: list[int] = []
+    original = reading.open_stream
 
-    def kill(processed: int, total: int) -> None:
-        if processed >= 500 and not killed:
-            killed.append(terminate_other_backends(pg_url))
+    def open_stream(*args: Any, **kwargs: Any) -> Any:
+        stream = original(*args, **kwargs)
+        fetch, fetches = stream.fetchmany, []
 
-    outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250}, listener=kill)
+        def fetchmany(size: int) -> Any:  # the server ends the session once two batches have been read
+            fetches.append(size)
+            if sum(fetches) > 500 and not killed:
+                killed.append(terminate_other_backends(pg_url))
+            return fetch(size)
+
+        return reading._Rows(fetchmany, stream.close)
+
+    monkeypatch.setattr(reading, "open_stream", open_stream)
+    outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250})
     assert killed and killed[0] >= 1
     assert isinstance(outcome.error, ExportFailed), outcome.error
-    # The batches are read one ahead of the writing (prefetched): the one being read when the session ended.
-    failed = re.fullmatch(r"reading batch (\d) \(posts (\d+)-(\d+)\) failed: \((\S+)\) (.*)", str(outcome.error))
+    failed = re.fullmatch(r"reading batch (\d+) \(posts (\d+)-(\d+)\) failed: \((\S+)\) (.*)", str(outcome.error))
     assert failed is not None, str(outcome.error)
     number, first, last = (int(failed[n]) for n in (1, 2, 3))
-    assert 3 <= number <= 5 and (first, last) == (250 * number - 249, 250 * number)
+    assert number == 3 and (first, last) == (501, 750), "the batch whose fetch found the session gone"
     assert failed[4] in ("psycopg.errors.AdminShutdown", "psycopg2.errors.AdminShutdown", "psycopg2.OperationalError")
     assert list(tmp_path.rglob("*.staging-*")) == [] and list(tmp_path.rglob("manifest.json")) == []
     assert outcome.job is not None and outcome.job.status == "failed"
@@ -217,7 +228,7 @@ def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write
     server-side cursor: JSON, and CSV on psycopg2), or a COPY waiting on the client (CSV on psycopg 3;
     20 MB of rows, more than the socket buffers hold, so the server is still sending).
     """
-    from export_batching_plugin import writing
+    from export_batching_plugin import output
 
     insert_rows(engine, [post_row(n, text=f"{n} " + "x" * 5000) for n in range(4000)])
     with engine.begin() as conn:
@@ -226,16 +237,16 @@ def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write
     host = export(engine, tmp_path / "host", settings=None, format=format)
     assert host.error is None, host.error
     calls = 0
-    original = writing.PostsWriter._write
+    original = output.Output._write
 
-    def slow_write(self: writing.PostsWriter, data: Any) -> None:
+    def slow_write(self: output.Output, *args: Any) -> None:  # one write(2) of the posts file takes 2 s
         nonlocal calls
         calls += 1
         if calls == 3:
             time.sleep(2)
-        original(self, data)
+        original(self, *args)
 
-    monkeypatch.setattr(writing.PostsWriter, "_write", slow_write)
+    monkeypatch.setattr(output.Output, "_write", slow_write)
     plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 100}, format=format)
     assert calls > 3
     assert plugin.error is None, plugin.error
@@ -393,24 +404,24 @@ def test_a_failure_while_streaming_leaves_the_connection_clean(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, format: str
 ) -> None:
     """A write failure mid-export stops the COPY (or the prefetching reader) and rolls back without noise."""
-    from export_batching_plugin import writing
+    from export_batching_plugin import output
 
     fill(engine, [{"text": "x"}], 3000, spread=True)
     calls: list[int] = []
-    original = writing.PostsWriter._write
+    original = output.Output.write
 
-    def fails(self: Any, data: Any) -> None:
+    def fails(self: Any, pieces: Any, **kwargs: Any) -> None:
         calls.append(1)
         if len(calls) == 4:
             raise OSError(28, "No space left on device", str(self.path))
-        original(self, data)
+        original(self, pieces, **kwargs)
 
-    monkeypatch.setattr(writing.PostsWriter, "_write", fails)
+    monkeypatch.setattr(output.Output, "write", fails)
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 100}, format=format)
     assert isinstance(outcome.error, ExportFailed) and "disk full" in str(outcome.error)
     assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
     assert list(tmp_path.rglob("*.staging-*")) == []
-    monkeypatch.setattr(writing.PostsWriter, "_write", original)
+    monkeypatch.setattr(output.Output, "write", original)
     again = export(engine, tmp_path / "again", settings={"threshold": 0, "batch_size": 100}, format=format)
     assert again.error is None, again.error
 

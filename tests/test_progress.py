@@ -86,7 +86,8 @@ def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pyte
     assert outcome.error is not None
     assert "writing batch 2 (posts 11-20) failed: disk full: posts.json" in str(outcome.error)
     seen = list(outcome.events)
-    assert distinct(seen) == [(0, 35), (10, 35)]
+    # batch 1 is reported once the writer thread has written it, which it may not have done when batch 2 failed
+    assert distinct(seen) in ([(0, 35)], [(0, 35), (10, 35)])
     time.sleep(0.3)
     assert outcome.events == seen, "no progress may be reported once the export has failed"
     assert outcome.job is not None and outcome.job.status == "failed"

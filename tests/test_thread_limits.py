@@ -51,7 +51,7 @@ WHICH = {
     "the second media worker": r"export-media-1",
     "the media dispatcher": r"export-media-rows",
     "the progress heartbeat": r"export-progress",
-    "the hashing thread": r"export-sha256",
+    "the writer": r"export-writer",
     "the reader": r"export-reader",
 }
 
