@@ -45,6 +45,7 @@ from orjson import loads as _loads
 
 from . import host
 from .csvlines import Field, LinesEncoder, posts_csv_encoder
+from .threads import on_fresh_stack
 
 #: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
 #: views, so that only one piece is in memory and nothing is copied.
@@ -76,6 +77,12 @@ class _Parser:
 
     def __call__(self, value: Any, column: str, uri: Any) -> Any:
         try:
+            return self._parse(value, column, uri)
+        except RecursionError:  # nested deeper than this stack leaves room for: the host's limit or more
+            return on_fresh_stack(self._parse, value, column, uri)
+
+    def _parse(self, value: Any, column: str, uri: Any) -> Any:
+        try:
             if type(value) is str:
                 return self._decode(value)
             return simplejson.loads(value, parse_float=self._float)  # bytes, as the host's loads takes them
@@ -92,7 +99,11 @@ def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
     slow = simplejson.JSONEncoder(**per_post.json_options).encode
 
     def simple(records: list[dict[str, Any]]) -> memoryview:
-        return memoryview(slow(records).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
+        try:
+            text = slow(records)
+        except RecursionError:  # nested deeper than this stack leaves room for: the host's limit or more
+            text = on_fresh_stack(slow, records)
+        return memoryview(text.encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
 
     def fast(records: list[dict[str, Any]]) -> memoryview:
         try:
@@ -193,8 +204,15 @@ def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
     slow = simplejson.JSONEncoder(**per_post.json_options).encode
     post_record = per_post.post_record
 
+    def whole(rows: Sequence[Sequence[Any]]) -> str:
+        return slow([post_record(Post._make(row)) for row in rows])
+
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        yield memoryview(slow([post_record(Post._make(row)) for row in rows]).encode("utf-8"))[2:-2]
+        try:
+            text = whole(rows)
+        except RecursionError:  # as in json_batch_encoder
+            text = on_fresh_stack(whole, rows)
+        yield memoryview(text.encode("utf-8"))[2:-2]
 
     return encode
 

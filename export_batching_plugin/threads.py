@@ -54,3 +54,29 @@ def start_thread(target: Callable[..., Any], name: str, *args: Any, doing: str) 
         log.info("export_batching: cannot start a thread (%s); %s on the export's own thread", exc, doing)
         return None
     return helper
+
+
+def on_fresh_stack(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` on a new thread, whose Python stack starts empty; its result, or what it raised.
+
+    For the rare value nested deeper than the export's own call stack leaves room for (an ``embed_data``
+    nested ~980 levels): skyarchive parses and encodes it a few frames from the bottom of its stack, the
+    plugin from below the hook call; on a fresh stack the plugin's limit is at least the host's. Where no
+    thread can be started, it runs here (and fails where it would have failed).
+    """
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(*args)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    helper = start_thread(run, "export-deep-value", doing="encoding a deeply nested value")
+    if helper is None:
+        return function(*args)
+    helper.wait()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

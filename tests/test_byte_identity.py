@@ -7,6 +7,7 @@ tests/test_postgresql.py runs the same check on PostgreSQL.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .harness import export, make_engine
 
 
 def build(tmp: Path, templates: list[dict[str, Any]], count: int) -> Engine:
+    tmp.mkdir(parents=True, exist_ok=True)
     engine = make_engine(tmp / "archive.db")
     fill(engine, templates, count)
     return engine
@@ -131,3 +133,34 @@ def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, ru
     assert batch_size * 3 // 4 * size > runs_per_batch * RUN_BYTES
     engine = build(tmp_path, [large, large, large, small], 2 * batch_size + 7)
     run_both(engine, tmp_path, batch_size=batch_size, format="json")
+
+
+def host_limit(tmp_path: Path, format: str, nest: Callable[[int], str]) -> int:
+    """The deepest nesting of ``embed_data`` that skyarchive alone exports (bisected)."""
+    low, high = 50, 100_000  # exports at 50; fails at 100,000 (the limit is about 1,000 to 3.11, 1,500, 10,000 on 3.13)
+    while low < high:
+        depth = (low + high + 1) // 2
+        engine = build(tmp_path / f"h{depth}", [{"embed_data": nest(depth)}, {}], 2)
+        fine = export(engine, tmp_path / f"h{depth}" / "out", settings=None, format=format).error is None
+        engine.dispose()
+        low, high = (depth, high) if fine else (low, depth - 1)
+    return low
+
+
+@pytest.mark.slow  # bisecting the host's limit: up to 10,000 levels on 3.13
+@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("kind", ["arrays", "objects"])
+def test_the_deepest_embed_skyarchive_exports_exports_through_the_plugin(
+    tmp_path: Path, format: str, kind: str
+) -> None:
+    """The plugin's nesting limit is not lower than the host's (its stack is deeper: it encodes such a value
+    on a fresh one)."""
+
+    def nest(depth: int) -> str:
+        return "[" * depth + "]" * depth if kind == "arrays" else '{"a": ' * depth + "1" + "}" * depth
+
+    deepest = host_limit(tmp_path, format, nest)
+    assert 100 < deepest < 100_000
+    engine = build(tmp_path / "deepest", [{"embed_data": nest(deepest)}, {}], 2)
+    run_both(engine, tmp_path / "deepest" / "out", batch_size=1000, format=format)
+    engine.dispose()

@@ -138,7 +138,10 @@ def test_concurrent_changes_do_not_reach_the_export(engine: Engine, tmp_path: Pa
 
 
 def test_connection_killed_mid_export_fails_cleanly(
-    engine: Engine, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    engine: Engine,
+    pg_url: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fill(engine, [{"text": "x"}], 3000, spread=True)
     killed: list[int] = []
