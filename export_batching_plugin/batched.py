@@ -81,7 +81,14 @@ class ExportFailed(SkyarchiveError):
 
 
 def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> ExportResult | None:
-    """Export ``job`` in batches, or return None to leave it to the host's exporter."""
+    """Export ``job`` in batches, or return None to leave it to the host's exporter.
+
+    A format the plugin does not know (a later skyarchive's) is left to the host, so that it never breaks
+    an export.
+    """
+    if job.request.format not in POSTS_FILE:
+        log.info("export_batching: format %r is not one this plugin writes; skyarchive exports it", job.request.format)
+        return None
     check_folder_name(job.request.did)
     return _Export(job, settings, channel).run()
 

@@ -47,9 +47,9 @@ from . import host
 from .csvlines import Field, LinesEncoder, posts_csv_encoder
 from .threads import on_fresh_stack
 
-#: Rows -> the batch's array items, as pieces to write joined by ",\n": yielded one at a time and as
-#: views, so that only one piece is in memory and nothing is copied.
-BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[memoryview]]
+#: Rows and their stored sizes -> the batch's pieces, yielded one at a time (bytes or views, so that nothing
+#: is copied): posts.json's array items, to be joined by ",\n"; posts.jsonl's lines, each ending in "\n".
+BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[Any]]
 #: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
 RUN_BYTES = 1 << 20
 #: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
@@ -90,30 +90,16 @@ class _Parser:
             raise host.SkyarchiveError(f"post {uri}: {column} is not valid JSON ({exc})") from None
 
 
-def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
-    """Encode rows (in POST_COLUMNS order) to the items of a posts.json array, indented as in the host's file.
+#: ``(record, simple)`` of each row: the posts.json object as ``post_record`` builds it, and whether it must
+#: be encoded by simplejson (see the module's docstring) rather than orjson.
+Records = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[tuple[dict[str, Any], bool]]]
 
-    ``sizes`` are the rows' stored sizes, as the reader counted them for the byte budget.
-    """
-    parse = _Parser()
-    slow = simplejson.JSONEncoder(**per_post.json_options).encode
 
-    def simple(records: list[dict[str, Any]]) -> memoryview:
-        try:
-            text = slow(records)
-        except RecursionError:  # nested deeper than this stack leaves room for: the host's limit or more
-            text = on_fresh_stack(slow, records)
-        return memoryview(text.encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
+def records_of(parse: _Parser) -> Records:
+    """The records of rows (in POST_COLUMNS order), as ``post_record`` builds them; ``sizes`` are the rows'
+    stored sizes, as the reader counted them for the byte budget."""
 
-    def fast(records: list[dict[str, Any]]) -> memoryview:
-        try:
-            return memoryview(_dumps(records, option=OPT_INDENT_2))[2:-2]
-        except TypeError:  # an integer beyond 64 bits, bytes, a lone surrogate: simplejson decides
-            return simple(records)
-
-    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        run: list[dict[str, Any]] = []
-        run_bytes = 0
+    def records(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[tuple[dict[str, Any], bool]]:
         for row, size in zip(rows, sizes, strict=True):
             (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
              reply_parent, embed_type, embed_data, labels, archived_at) = row  # fmt: skip
@@ -133,19 +119,87 @@ def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
                 record["labels"] = parse(labels, "labels", uri)
             record["archived_at"] = archived_at
             plain = type(likes) is int and type(reposts) is int and type(replies) is int and type(quotes) is int
-            if parse.saw_float or not plain or size > LARGE_RECORD:
-                if run:
-                    yield fast(run)
-                    run, run_bytes = [], 0
-                yield simple([record])
-                continue
-            run.append(record)
-            run_bytes += size
-            if run_bytes >= RUN_BYTES:
+            yield record, parse.saw_float or not plain or size > LARGE_RECORD
+
+    return records
+
+
+def _with_room(encode: Callable[[Any], str], value: Any) -> str:
+    """``encode(value)``; on a fresh stack if it is nested deeper than this one leaves room for (the host's
+    limit or more: see :func:`.threads.on_fresh_stack`)."""
+    try:
+        return encode(value)
+    except RecursionError:
+        result: str = on_fresh_stack(encode, value)
+        return result
+
+
+def _in_runs(
+    pairs: Iterator[tuple[dict[str, Any], bool]],
+    sizes: Sequence[int],
+    fast: Callable[[list[dict[str, Any]]], Any],
+    simple: Callable[[dict[str, Any]], Any],
+) -> Iterator[Any]:
+    """The records of ``pairs`` encoded in runs of about RUN_BYTES of stored text by ``fast``, each record that
+    needs simplejson on its own by ``simple``, in order."""
+    run: list[dict[str, Any]] = []
+    run_bytes = 0
+    for (record, needs_simplejson), size in zip(pairs, sizes):  # noqa: B905 - pairs are of the same rows
+        if needs_simplejson:
+            if run:
                 yield fast(run)
                 run, run_bytes = [], 0
-        if run:
+            yield simple(record)
+            continue
+        run.append(record)
+        run_bytes += size
+        if run_bytes >= RUN_BYTES:
             yield fast(run)
+            run, run_bytes = [], 0
+    if run:
+        yield fast(run)
+
+
+def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
+    """Encode rows (in POST_COLUMNS order) to the items of a posts.json array, indented as in the host's file."""
+    records = records_of(_Parser())
+    slow = simplejson.JSONEncoder(**per_post.json_options).encode
+
+    def simple(run: list[dict[str, Any]]) -> memoryview:
+        return memoryview(_with_room(slow, run).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
+
+    def fast(run: list[dict[str, Any]]) -> memoryview:
+        try:
+            return memoryview(_dumps(run, option=OPT_INDENT_2))[2:-2]
+        except TypeError:  # an integer beyond 64 bits, bytes, a lone surrogate: simplejson decides
+            return simple(run)
+
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
+        return _in_runs(records(rows, sizes), sizes, fast, lambda record: simple([record]))
+
+    return encode
+
+
+def jsonl_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
+    """Encode rows (in POST_COLUMNS order) to posts.jsonl lines, each ending in ``\n``, as the host writes them:
+    ``simplejson.dumps(post_record(post), **JSONL_OPTIONS) + "\n"``. orjson's compact output is simplejson's
+    with ``separators=(",", ":")`` and ``ensure_ascii=False``, for the same values as in posts.json."""
+    if per_post.jsonl_options is None:
+        raise ValueError("the host writes no JSON Lines")
+    records = records_of(_Parser())
+    slow = simplejson.JSONEncoder(**per_post.jsonl_options).encode
+
+    def simple(record: dict[str, Any]) -> bytes:
+        return (_with_room(slow, record) + "\n").encode("utf-8")
+
+    def fast(run: list[dict[str, Any]]) -> bytes:
+        try:
+            return b"\n".join(map(_dumps, run)) + b"\n"
+        except TypeError:  # as in posts.json: simplejson decides, record by record
+            return b"".join(map(simple, run))
+
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[bytes]:
+        return _in_runs(records(rows, sizes), sizes, fast, simple)
 
     return encode
 
@@ -208,11 +262,23 @@ def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
         return slow([post_record(Post._make(row)) for row in rows])
 
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        try:
-            text = whole(rows)
-        except RecursionError:  # as in json_batch_encoder
-            text = on_fresh_stack(whole, rows)
-        yield memoryview(text.encode("utf-8"))[2:-2]
+        yield memoryview(_with_room(whole, rows).encode("utf-8"))[2:-2]
+
+    return encode
+
+
+def host_jsonl_encoder(per_post: host.PerPost) -> BatchEncoder:
+    """The host's own per-post code: ``post_record``, each record encoded with ``JSONL_OPTIONS``."""
+    if per_post.jsonl_options is None:
+        raise ValueError("the host writes no JSON Lines")
+    slow = simplejson.JSONEncoder(**per_post.jsonl_options).encode
+    post_record = per_post.post_record
+
+    def lines(rows: Sequence[Sequence[Any]]) -> str:
+        return "".join(slow(post_record(Post._make(row))) + "\n" for row in rows)
+
+    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[bytes]:
+        yield _with_room(lines, rows).encode("utf-8")
 
     return encode
 
@@ -239,6 +305,8 @@ class Encoders:
     json: BatchEncoder
     csv: LinesEncoder
     csv_header: tuple[str, ...]
+    #: posts.jsonl's lines; None on a host that writes no JSON Lines (before skyarchive 0.5).
+    jsonl: BatchEncoder | None = None
     #: The fast path's ``(media_of, labels_of)``; None when the host's own functions are used.
     fields: tuple[Field, Field] | None = None
     #: Why the fast encoders are not used, or None when they are.

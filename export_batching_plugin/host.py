@@ -50,7 +50,7 @@ MEDIA_COLUMNS = (
     "hash", "post_uri", "mime_type", "file_path", "size_bytes", "width", "height", "alt_text", "created_at",
 )  # fmt: skip
 #: The export folder's layout, as the host reference fixes it.
-POSTS_FILE = {"json": "posts.json", "csv": "posts.csv"}
+POSTS_FILE = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
 MEDIA_DIR_NAME = "media"
 MANIFEST_NAME = "manifest.json"
 
@@ -62,6 +62,8 @@ class PerPost:
     post_record: Callable[[Any], dict[str, Any]]
     csv_row: Callable[[Any], list[Any]]
     json_options: Mapping[str, Any]
+    #: The simplejson options of one posts.jsonl line (skyarchive 0.5), or None on a host without JSON Lines.
+    jsonl_options: Mapping[str, Any] | None
     csv_header: tuple[str, ...]
     #: Undocumented and optional: used by the fast CSV path where present, so that it shares the
     #: host's own code; the self-check (selfcheck.self_check) proves that path equal to ``csv_row``.
@@ -81,6 +83,7 @@ def per_post() -> PerPost:
         post_record=export.post_record,
         csv_row=export.csv_row,
         json_options=export.JSON_OPTIONS,
+        jsonl_options=getattr(export, "JSONL_OPTIONS", None),
         csv_header=tuple(export.CSV_HEADER),
         media_hashes=getattr(export, "media_hashes", None),
         label_values=getattr(export, "label_values", None),
@@ -125,6 +128,7 @@ def contract_problems() -> list[str]:
         (_parameters(export.post_record) == ["post"], "post_record(post)"),
         (_parameters(export.csv_row) == ["post"], "csv_row(post)"),
         (isinstance(export.JSON_OPTIONS, Mapping), "JSON_OPTIONS"),
+        (isinstance(getattr(export, "JSONL_OPTIONS", {}), Mapping), "JSONL_OPTIONS"),
         (isinstance(export.CSV_HEADER, tuple) and all(isinstance(h, str) for h in export.CSV_HEADER), "CSV_HEADER"),
         (
             _parameters(copy_media_file) == ["media", "media_root", "dest_dir"],

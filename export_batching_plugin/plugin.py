@@ -128,19 +128,22 @@ class ExportBatching:
     def skyarchive_export(self, job: Any) -> Any:
         """Export in batches, or decline (None) below the threshold."""
         from .batched import export_batched
+        from .progress import Channel
 
-        return export_batched(job, self.settings, job.report_progress)
+        return export_batched(job, self.settings, Channel(job.report_progress))
 
 
 class ExportBatchingWithProgress(ExportBatching):
-    """The hooks for a host that hands the exporter a progress reporter (0.4)."""
+    """The hooks for a host that hands the exporter a progress reporter (0.4; with ``status``, 0.5)."""
 
     @hookimpl
     def skyarchive_export(self, job: Any, progress: Any) -> Any:  # type: ignore[override]
         """Export in batches, or decline (None) below the threshold."""
         from .batched import export_batched
+        from .progress import Channel
 
-        return export_batched(job, self.settings, progress.update)
+        status = getattr(progress, "status", None)  # skyarchive 0.5: what the export is doing, beside the bar
+        return export_batched(job, self.settings, Channel(progress.update, status if callable(status) else None))
 
 
 def create_plugin(settings: Mapping[str, Any]) -> ExportBatching | StepAside | StandAside:

@@ -28,7 +28,9 @@ from .encoding import (
     fields_of,
     host_csv_lines,
     host_json_encoder,
+    host_jsonl_encoder,
     json_batch_encoder,
+    jsonl_batch_encoder,
 )
 from .reading import row_size
 
@@ -47,10 +49,14 @@ def make_encoders() -> Encoders:
             reason = str(exc)
         else:
             fast_json, fast_csv = json_batch_encoder(per_post), csv_lines_encoder(per_post, fields)
-            reason = self_check(per_post, fast_json, fast_csv)
+            fast_jsonl = jsonl_batch_encoder(per_post) if per_post.jsonl_options is not None else None
+            reason = self_check(per_post, fast_json, fast_csv, fast_jsonl)
             if reason is None:
-                return Encoders(fast_json, fast_csv, header, fields)
-    return Encoders(host_json_encoder(per_post), host_csv_lines(per_post), header, fallback_reason=reason)
+                return Encoders(fast_json, fast_csv, header, jsonl=fast_jsonl, fields=fields)
+    host_jsonl = host_jsonl_encoder(per_post) if per_post.jsonl_options is not None else None
+    return Encoders(
+        host_json_encoder(per_post), host_csv_lines(per_post), header, jsonl=host_jsonl, fallback_reason=reason
+    )
 
 
 _BASE = (
@@ -134,7 +140,12 @@ def _outcome(produce: Callable[[], bytes]) -> bytes | str:
         return f"raises {type(exc).__name__}"
 
 
-def self_check(per_post: host.PerPost, encode_json: BatchEncoder, encode_csv: LinesEncoder) -> str | None:
+def self_check(
+    per_post: host.PerPost,
+    encode_json: BatchEncoder,
+    encode_csv: LinesEncoder,
+    encode_jsonl: BatchEncoder | None = None,
+) -> str | None:
     """None when the fast encoders give the host's bytes on every probe row; else what differed."""
     whole = simplejson.JSONEncoder(**per_post.json_options).encode
     host_lines = host_csv_lines(per_post)
@@ -152,7 +163,20 @@ def self_check(per_post: host.PerPost, encode_json: BatchEncoder, encode_csv: Li
     def fast_csv(rows: list[tuple[Any, ...]]) -> bytes:
         return encode_csv(rows).encode("utf-8")
 
-    checks = (("posts.json", host_json, fast_json), ("posts.csv", host_csv, fast_csv))
+    checks: list[tuple[str, Callable[[list[tuple[Any, ...]]], bytes], Callable[[list[tuple[Any, ...]]], bytes]]] = [
+        ("posts.json", host_json, fast_json),
+        ("posts.csv", host_csv, fast_csv),
+    ]
+    if encode_jsonl is not None and per_post.jsonl_options is not None:
+        line = simplejson.JSONEncoder(**per_post.jsonl_options).encode
+
+        def host_jsonl(rows: list[tuple[Any, ...]]) -> bytes:
+            return "".join(line(per_post.post_record(Post._make(row))) + "\n" for row in rows).encode("utf-8")
+
+        def fast_jsonl(rows: list[tuple[Any, ...]]) -> bytes:
+            return b"".join(bytes(piece) for piece in encode_jsonl(rows, [row_size(row) for row in rows]))
+
+        checks.append(("posts.jsonl", host_jsonl, fast_jsonl))
     good: dict[str, list[tuple[Any, ...]]] = {what: [] for what, _, _ in checks}  # the rows the host encodes
     for row in probe_rows():
         for what, expected, actual in checks:

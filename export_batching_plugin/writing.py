@@ -10,6 +10,7 @@ the framing, which reproduces the host's whole-file output byte for byte:
   batches' items joined by ``",\\n"``, then ``"\\n]\\n"``; no posts: ``"[]\\n"``.
 - CSV: a UTF-8 BOM, the header (``CSV_HEADER``), then the rows, all in the
   csv module's excel dialect (``\\r\\n`` line ends, minimal quoting).
+- JSON Lines (skyarchive 0.5): the lines, one per post, each ending in ``\\n``; no posts: an empty file.
 
 The bytes go to an :class:`.output.Output`, which writes them behind the export (UTF-8, a file created
 exclusively), so that encoding never waits on the disk.
@@ -75,6 +76,17 @@ class JsonWriter(PostsWriter):
         self.output.write([b"[]\n" if self._separator == b"[\n" else b"\n]\n"])
 
 
+class JsonlWriter(PostsWriter):
+    """posts.jsonl, one batch at a time: the batch's lines, as they come."""
+
+    def __init__(self, output: Output, encode: BatchEncoder) -> None:
+        super().__init__(output)
+        self._encode = encode
+
+    def write_batch(self, batch: Batch) -> None:
+        self.output.write(list(self._encode(batch.rows, batch.sizes)), posts=len(batch.rows), tag=batch)
+
+
 class CsvWriter(PostsWriter):
     """posts.csv, one batch at a time: each batch's lines encoded and handed over at once."""
 
@@ -90,9 +102,13 @@ class CsvWriter(PostsWriter):
 
 
 def open_writer(format: str, output: Output, encoders: Encoders) -> PostsWriter:
-    """The streaming writer of ``format`` ("json" or "csv") with the encoders' lines, writing to ``output``."""
+    """The streaming writer of ``format`` ("json", "jsonl" or "csv") with the encoders', writing to ``output``."""
     if format == "json":
         return JsonWriter(output, encoders.json)
+    if format == "jsonl":
+        if encoders.jsonl is None:
+            raise ValueError("this skyarchive writes no JSON Lines")
+        return JsonlWriter(output, encoders.jsonl)
     lines = encoders.csv
     return CsvWriter(output, encoders.csv_header, lambda rows: lines(rows).encode("utf-8"))
 

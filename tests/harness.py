@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+import skyarchive
+import skyarchive.export
 from skyarchive import hookspecs
 from skyarchive.cli import run_export
 from skyarchive.config import AppConfig
@@ -20,7 +23,15 @@ from skyarchive.models import Base, media_table, posts_table
 from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Engine
 
+from export_batching_plugin.host import POSTS_FILE
 from export_batching_plugin.plugin import create_plugin
+
+#: skyarchive 0.5 hands the export a status channel (``progress.status``).
+HOST_HAS_STATUS = tuple(int(p) for p in skyarchive.__version__.split(".")[:2]) >= (0, 5)
+#: The formats the installed host writes (0.5 adds JSON Lines); every differential test runs each.
+FORMATS: list[str] = list(skyarchive.export.FORMATS)
+#: How a status line of the plugin's reads on skyarchive's console when it is not a terminal.
+STATUS_LINE = "export: " if HOST_HAS_STATUS else "skyarchive: WARNING: export_batching: "
 
 _counter = itertools.count()
 
@@ -141,6 +152,32 @@ class Outcome:
     manifest: dict[str, Any] | None
     events: list[tuple[int, int]] = field(default_factory=list)
     job: ExportJob | None = None
+    #: What the export said it was doing through ``progress.status`` (skyarchive 0.5; empty before).
+    statuses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recorder:
+    """A progress listener as skyarchive's console is one: ``(processed, total)``, and ``status(text)`` (0.5)."""
+
+    events: list[tuple[int, int]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    def __call__(self, processed: int, total: int) -> None:
+        self.events.append((processed, total))
+
+    def status(self, text: str) -> None:
+        self.statuses.append(text)
+
+
+def status_lines(outcome: Outcome, records: Iterable[logging.LogRecord]) -> list[str]:
+    """What the plugin said the export was doing: through ``progress.status`` on skyarchive 0.5 (where it must
+    log none of it), through logging before."""
+    logged = [r.getMessage().removeprefix("export_batching: ") for r in records if r.name == "export_batching_plugin"]
+    if HOST_HAS_STATUS:
+        assert not [line for line in logged if line.startswith("all ")], "0.5 has a status channel: no log lines"
+        return outcome.statuses
+    return [line for line in logged if line.startswith("all ")]
 
 
 def plugin_manager(settings: Mapping[str, Any] | None) -> pluggy.PluginManager:
@@ -179,21 +216,21 @@ def export(
     started = datetime(2025, 6, 1, 12, 0, next(_counter) % 60, tzinfo=timezone.utc)
     export_dir = export_dir_for(out / (folder or f"run{next(_counter)}"), did, started)
     existed = export_dir.exists()
-    events: list[tuple[int, int]] = []
+    recorder = Recorder()
     job = ExportJob(
         request=request,
         config=config,
         engine=engine,
         export_dir=export_dir,
         started_at=started,
-        listeners=[lambda done, total: events.append((done, total)), *([listener] if listener else [])],
+        listeners=[recorder, *([listener] if listener else [])],
     )
     try:
         result = run_export(job, plugin_manager(settings))
     except Exception as exc:
         assert existed or not export_dir.exists(), "a failed export must leave no directory"
-        return Outcome(None, exc, None, None, events, job)
-    posts_file = export_dir / ("posts.json" if format == "json" else "posts.csv")
+        return Outcome(None, exc, None, None, recorder.events, job, recorder.statuses)
+    posts_file = export_dir / POSTS_FILE[format]
     posts = posts_file.read_bytes() if read_posts else None
     manifest = simplejson.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
-    return Outcome(result, None, posts, manifest, events, job)
+    return Outcome(result, None, posts, manifest, recorder.events, job, recorder.statuses)

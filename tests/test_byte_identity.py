@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from .differential import STAMPS, TRICKY_NUMBERS, fill, posts, run_both
-from .harness import export, make_engine
+from .harness import FORMATS, export, make_engine
 
 
 def build(tmp: Path, templates: list[dict[str, Any]], count: int) -> Engine:
@@ -32,7 +32,7 @@ def build(tmp: Path, templates: list[dict[str, Any]], count: int) -> Engine:
     templates=st.lists(posts(), max_size=6),
     count=st.integers(0, 25),
     batch=st.data(),
-    format=st.sampled_from(["json", "csv"]),
+    format=st.sampled_from(FORMATS),
     budget=st.sampled_from([None, 1, 64, 4096]),
     window=st.one_of(
         st.none(), st.tuples(st.sampled_from(STAMPS), st.sampled_from([*STAMPS, "2025-01-15", "2025-02-10"]))
@@ -67,7 +67,7 @@ def test_random_archives(
 
 
 @pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2001])
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_counts_around_the_default_batch_size(tmp_path: Path, count: int, format: str) -> None:
     templates = [
         {"text": "plain"},
@@ -82,8 +82,8 @@ def test_counts_around_the_default_batch_size(tmp_path: Path, count: int, format
 @pytest.mark.parametrize("batch_size", [1, 2, 7, 10, 11, 12])
 def test_every_batch_size_around_the_archive_size(tmp_path: Path, batch_size: int) -> None:
     engine = build(tmp_path, [{"text": "tie", "created_at": "2025-01-01T00:00:00.000Z"}, {"text": "x"}], 10)
-    run_both(engine, tmp_path, batch_size=batch_size, format="json")
-    run_both(engine, tmp_path / "csv", batch_size=batch_size, format="csv")
+    for format in FORMATS:
+        run_both(engine, tmp_path / format, batch_size=batch_size, format=format)
 
 
 def test_invalid_embed_json_fails_on_both_paths(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_invalid_embed_json_fails_on_both_paths(tmp_path: Path) -> None:
     assert "batch " in str(plugin.error)
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_numbers_whose_text_differs_between_json_encoders(tmp_path: Path, format: str) -> None:
     import simplejson
 
@@ -110,7 +110,7 @@ def test_numbers_whose_text_differs_between_json_encoders(tmp_path: Path, format
     run_both(engine, tmp_path, batch_size=4, format=format)
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
     import simplejson
 
@@ -121,8 +121,9 @@ def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
         run_both(engine, tmp_path / str(budget), batch_size=4, max_batch_bytes=budget, format=format)
 
 
+@pytest.mark.parametrize("format", [f for f in FORMATS if f != "csv"])
 @pytest.mark.parametrize("runs_per_batch", [2, 6])
-def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, runs_per_batch: int) -> None:
+def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, runs_per_batch: int, format: str) -> None:
     """Records are encoded in runs of about RUN_BYTES; a batch of many mid-size posts spans several runs."""
     from export_batching_plugin.encoding import LARGE_RECORD, RUN_BYTES
 
@@ -132,7 +133,7 @@ def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, ru
     batch_size = runs_per_batch * per_run * 4 // 3 + 4  # three posts in four are mid-size
     assert batch_size * 3 // 4 * size > runs_per_batch * RUN_BYTES
     engine = build(tmp_path, [large, large, large, small], 2 * batch_size + 7)
-    run_both(engine, tmp_path, batch_size=batch_size, format="json")
+    run_both(engine, tmp_path, batch_size=batch_size, format=format)
 
 
 def host_limit(tmp_path: Path, format: str, nest: Callable[[int], str]) -> int:
@@ -148,7 +149,7 @@ def host_limit(tmp_path: Path, format: str, nest: Callable[[int], str]) -> int:
 
 
 @pytest.mark.slow  # bisecting the host's limit: up to 10,000 levels on 3.13
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("kind", ["arrays", "objects"])
 def test_the_deepest_embed_skyarchive_exports_exports_through_the_plugin(
     tmp_path: Path, format: str, kind: str

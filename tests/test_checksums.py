@@ -22,7 +22,7 @@ from export_batching_plugin import batched
 from export_batching_plugin.checksums import file_digest, sums_line
 
 from .conftest import DID, ArchiveFolder
-from .harness import archive_with_media, export, post_row
+from .harness import FORMATS, archive_with_media, export, post_row
 
 SHA256SUM = shutil.which("sha256sum")
 needs_sha256sum = pytest.mark.skipif(SHA256SUM is None, reason="no sha256sum on this machine (GNU coreutils)")
@@ -53,7 +53,7 @@ def sums_of(export_dir: Path) -> list[bytes]:
 
 
 @needs_sha256sum
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_a_fresh_export_verifies_and_lists_every_file(
     media_archive: tuple[Any, Path], tmp_path: Path, format: str
 ) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from export_batching_plugin import batched, host, output, reading, staging, writing
 
 from .conftest import plugin_toml
-from .harness import archive_with_media, export, make_engine, plugin_manager, post_row
+from .harness import archive_with_media, export, make_engine, plugin_manager, post_row, status_lines
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 
@@ -465,5 +465,5 @@ def test_a_slow_finish_says_what_it_is_doing(
     monkeypatch.setattr(batched, "sync_tree", slow_sync)
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.2})
     assert outcome.error is None
-    lines = {record.getMessage() for record in caplog.records}
-    assert "export_batching: all 45 posts written; syncing to disk" in lines, lines
+    lines = status_lines(outcome, caplog.records)
+    assert "all 45 posts written; syncing to disk" in lines, lines

@@ -35,7 +35,7 @@ import export_batching_plugin
 from export_batching_plugin import encoding, host, plugin, selfcheck
 
 from .conftest import DID, HOST_VERSION, ArchiveFolder
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import FORMATS, export, insert_rows, make_engine, post_row
 
 RELEASE = f"{HOST_VERSION[0]}.{HOST_VERSION[1]}"
 
@@ -48,13 +48,14 @@ class Name:
     name: str  #: a dotted name is an attribute of a class
     documented: bool
     expects: str
-    releases: tuple[str, ...] = ("0.3", "0.4")  #: the host releases that have it
+    releases: tuple[str, ...] = ("0.3", "0.4", "0.5")  #: the host releases that have it
 
 
 NAMES = (
-    Name("skyarchive.hookspecs", "skyarchive_export", True, "the export hook: (job) on 0.3, (job, progress) on 0.4"),
+    Name("skyarchive.hookspecs", "skyarchive_export", True, "the export hook: (job) on 0.3, (job, progress) from 0.4"),
     Name("skyarchive.export", "ExportJob.report_progress", True, "the progress channel: (processed, total)", ("0.3",)),
-    Name("skyarchive.export", "Progress.update", True, "the progress channel: (processed, total)", ("0.4",)),
+    Name("skyarchive.export", "Progress.update", True, "the progress channel: (processed, total)", ("0.4", "0.5")),
+    Name("skyarchive.export", "Progress.status", True, "what the export is doing: status(text)", ("0.5",)),
     Name("skyarchive.errors", "SkyarchiveError", True, "an Exception the CLI prints as one line (exit 1)"),
     Name("skyarchive.errors", "UsageError", True, "a SkyarchiveError for bad input (exit 2)"),
     Name("skyarchive.export", "ExportJob", True, "dataclass: request, config, engine, export_dir, started_at"),
@@ -64,6 +65,9 @@ NAMES = (
     Name("skyarchive.export", "POST_ORDER", True, "the ORDER BY clauses: created_at DESC, uri ASC"),
     Name("skyarchive.export", "post_record", True, "post_record(post) -> the posts.json object"),
     Name("skyarchive.export", "JSON_OPTIONS", True, "the simplejson options of posts.json (a mapping)"),
+    Name(
+        "skyarchive.export", "JSONL_OPTIONS", True, "the simplejson options of a posts.jsonl line (a mapping)", ("0.5",)
+    ),
     Name("skyarchive.export", "CSV_HEADER", True, "the posts.csv header (a tuple of str)"),
     Name("skyarchive.export", "csv_row", True, "csv_row(post) -> the posts.csv row"),
     Name("skyarchive.export", "copy_media_file", True, "copy_media_file(media, media_root, dest_dir) -> bool"),
@@ -72,7 +76,11 @@ NAMES = (
     Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
     Name("skyarchive.export", "media_hashes", False, "media_hashes(embed) -> list of str (fast CSV path only)"),
     Name(
-        "skyarchive.export", "label_values", False, "label_values(labels) -> list of str (fast CSV path only)", ("0.4",)
+        "skyarchive.export",
+        "label_values",
+        False,
+        "label_values(labels) -> list of str (fast CSV path only)",
+        ("0.4", "0.5"),
     ),
 )
 
@@ -150,7 +158,7 @@ def manifest(result: Any) -> dict[str, Any]:
     return dict(json.loads((result.export_dir / "manifest.json").read_text(encoding="utf-8")))
 
 
-@pytest.mark.parametrize("version", ["0.5.0", "1.0", "0.2.9", None])
+@pytest.mark.parametrize("version", ["0.6.0", "1.0", "0.2.9", None])
 def test_a_host_release_outside_the_range_gets_its_own_exporter(
     archive_folder: ArchiveFolder, monkeypatch: pytest.MonkeyPatch, version: str | None
 ) -> None:
@@ -162,7 +170,7 @@ def test_a_host_release_outside_the_range_gets_its_own_exporter(
     (warning,) = [line for line in plugin_run.err.splitlines() if not line.startswith("export: ")]
     assert warning == (
         f"skyarchive: WARNING: export_batching: skyarchive {version} is not a release this plugin is proven on"
-        " (skyarchive>=0.3,<0.5); this export uses skyarchive's own exporter. Install an export-batching-plugin"
+        " (skyarchive>=0.3,<0.6); this export uses skyarchive's own exporter. Install an export-batching-plugin"
         " release made for this skyarchive, or a skyarchive it supports, to export in batches again."
     )
 
@@ -187,14 +195,14 @@ def test_a_later_host_whose_hook_takes_other_arguments_still_starts_and_exports(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """pluggy rejects a hookimpl naming an argument the spec lacks, and skyarchive then refuses to start."""
-    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.6.0")
     manager = pluggy.PluginManager("skyarchive")
     manager.add_hookspecs(LaterHookspecs)
     manager.register(plugin.create_plugin({}), name="export_batching")
     manager.check_pending()
     with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
         assert manager.hook.skyarchive_export(request=object(), destination=object(), progress=object()) is None
-    assert caplog.text.count("skyarchive 0.5.0 is not a release this plugin is proven on") == 1
+    assert caplog.text.count("skyarchive 0.6.0 is not a release this plugin is proven on") == 1
     assert "this export uses skyarchive's own exporter" in caplog.text
 
 
@@ -202,7 +210,7 @@ def test_a_later_host_whose_hook_takes_other_arguments_still_starts_and_exports(
 def test_a_later_host_without_the_export_hook_still_starts(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, gone: str
 ) -> None:
-    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.6.0")
     if gone == "the hook":
         monkeypatch.delattr(skyarchive.hookspecs, "skyarchive_export")
     else:
@@ -214,7 +222,7 @@ def test_a_later_host_without_the_export_hook_still_starts(
         manager.register(plugin.create_plugin({}), name="export_batching")
     manager.check_pending()  # a hookimpl of a hook the host does not specify would fail here
     assert manager.hook.skyarchive_export_posts(job=object()) is None
-    assert caplog.text.count("skyarchive 0.5.0 is not a release this plugin is proven on") == 1
+    assert caplog.text.count("skyarchive 0.6.0 is not a release this plugin is proven on") == 1
     assert "exports use skyarchive's own exporter" in caplog.text
 
 
@@ -249,7 +257,7 @@ def test_a_host_whose_names_changed_shape_gets_its_own_exporter(
 
 
 def test_config_errors_come_first_even_on_an_unsupported_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.5.0")
+    monkeypatch.setattr(plugin, "installed_host_version", lambda: "0.6.0")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         plugin.create_plugin({"batch_size": 0})
 
@@ -279,7 +287,7 @@ if HOST_VERSION >= (0, 4):
     HOST_CHANGES["label rendering"] = ("label_values", lambda values: [v.replace("!", "") for v in values], False)
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("change", list(HOST_CHANGES))
 def test_a_host_whose_encoding_changed_gets_its_own_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, change: str, format: str
@@ -306,6 +314,27 @@ def test_the_self_check_passes_on_the_installed_host_and_covers_every_column() -
     for index, column in enumerate(host.POST_COLUMNS):
         kinds = {type(row[index]) for row in rows}
         assert len(kinds) >= 2, f"the probes give {column} only {kinds}"
+
+
+@pytest.mark.skipif(HOST_VERSION < (0, 5), reason="JSON Lines: skyarchive 0.5")
+@pytest.mark.parametrize(
+    "options",
+    [{"ensure_ascii": True, "separators": (",", ":")}, {"ensure_ascii": False, "separators": (", ", ": ")}],
+    ids=["ASCII only", "spaced"],
+)
+def test_a_host_whose_json_lines_changed_gets_its_own_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    monkeypatch.setattr(skyarchive.export, "JSONL_OPTIONS", options)
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n, text="é 👩‍👩‍👧", embed_data='{"a": [1, "ü"]}') for n in range(12)])
+    alone = export(engine, tmp_path / "host", settings=None, format="jsonl")
+    batched = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 5}, format="jsonl")
+    engine.dispose()
+    assert batched.manifest is not None and batched.manifest["exporter"].startswith("export_batching")
+    assert batched.posts_bytes == alone.posts_bytes
+    reason = selfcheck.make_encoders().fallback_reason
+    assert reason is not None and reason.startswith("posts.jsonl differs")
 
 
 def test_the_self_check_sees_a_one_byte_difference() -> None:
@@ -366,4 +395,4 @@ def test_no_package_metadata_for_skyarchive_means_stepping_aside(monkeypatch: py
 
     monkeypatch.setattr(plugin.metadata, "version", missing)
     assert plugin.installed_host_version() is None
-    assert plugin.host_problem() == "skyarchive None is not a release this plugin is proven on (skyarchive>=0.3,<0.5)"
+    assert plugin.host_problem() == "skyarchive None is not a release this plugin is proven on (skyarchive>=0.3,<0.6)"

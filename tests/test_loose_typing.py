@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from export_batching_plugin.host import POST_COLUMNS
 
 from .differential import OWNER, run_both
-from .harness import make_engine, post_row
+from .harness import FORMATS, make_engine, post_row
 
 NOT_NULL = {"uri", "cid", "did", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
             "reply_count", "quote_count", "is_reply", "archived_at"}  # fmt: skip
@@ -96,7 +96,7 @@ def check(rows: list[dict[str, Any]], format: str, batch_size: int, *, exact: bo
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(rows=loose_rows(), format=st.sampled_from(["json", "csv"]), batch=st.integers(1, 10))
+@given(rows=loose_rows(), format=st.sampled_from(FORMATS), batch=st.integers(1, 10))
 @example(rows=[post_row(0, like_count=2.5e-05)], format="json", batch=1)
 @example(rows=[post_row(0, like_count=float("inf"))], format="json", batch=1)
 @example(rows=[post_row(0, text=b""), post_row(1, reply_parent=0, embed_type=0.0)], format="csv", batch=1)
@@ -106,7 +106,7 @@ def test_loosely_typed_archives(rows: list[dict[str, Any]], format: str, batch: 
     check(rows, format, batch)
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize(
     "values",
     [

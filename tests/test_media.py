@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Outcome, export, feed_fifo, insert_rows, make_engine, media_row, post_row
+from .harness import FORMATS, Outcome, export, feed_fifo, insert_rows, make_engine, media_row, post_row
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def files(outcome: Outcome) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 30, 1000])
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_plugin_copies_what_the_host_copies(
     hostile_media: tuple[Any, Path, Path], tmp_path: Path, batch_size: int, format: str
 ) -> None:

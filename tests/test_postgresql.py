@@ -32,7 +32,7 @@ from export_batching_plugin.batched import ExportFailed
 
 from .conftest import ArchiveFolder
 from .differential import STAMPS, fill, posts, run_both
-from .harness import add_slow_media_file, export, feed_fifo, insert_rows, post_row
+from .harness import FORMATS, add_slow_media_file, export, feed_fifo, insert_rows, post_row
 from .postgres import DRIVER, pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
 
 pytestmark = pytest.mark.postgresql
@@ -85,7 +85,7 @@ def test_cli_round_trip_on_postgresql(archive_folder: ArchiveFolder, pg_url: str
     templates=st.lists(posts(), max_size=5),
     count=st.integers(0, 20),
     batch=st.data(),
-    format=st.sampled_from(["json", "csv"]),
+    format=st.sampled_from(FORMATS),
     budget=st.sampled_from([None, 1, 4096]),
     window=st.one_of(st.none(), st.tuples(st.sampled_from(STAMPS), st.sampled_from(STAMPS))),
 )
@@ -220,7 +220,7 @@ def test_an_idle_in_transaction_timeout_does_not_fail_a_slow_export(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("timeout", ["idle_in_transaction_session_timeout", "statement_timeout"])
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write(
     engine: Engine, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
     timeout: str, format: str,

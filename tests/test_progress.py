@@ -22,11 +22,22 @@ import pytest
 from skyarchive.models import media_table, posts_table
 from skyarchive.seed import DEFAULT_DID, seed_archive
 
+from export_batching_plugin import progress as progress_module
 from export_batching_plugin import writing
 from export_batching_plugin.progress import ProgressReporter
 
 from .conftest import plugin_toml
-from .harness import add_slow_media_file, export, feed_fifo, insert_rows, make_engine, post_row
+from .harness import (
+    FORMATS,
+    HOST_HAS_STATUS,
+    STATUS_LINE,
+    add_slow_media_file,
+    export,
+    feed_fifo,
+    insert_rows,
+    make_engine,
+    post_row,
+)  # fmt: skip
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 #: skyarchive's console prints a line 5 s after the last at the earliest; a report must be there by then.
@@ -47,7 +58,7 @@ def engine(tmp_path: Path) -> Iterator[Any]:
     engine.dispose()
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_one_event_per_batch_ending_at_the_total(engine: Any, tmp_path: Path, format: str) -> None:
     outcome = export(engine, tmp_path, settings=SETTINGS, format=format)
     assert outcome.error is None
@@ -98,8 +109,22 @@ def test_reporter_repeats_the_count_when_idle() -> None:
     with ProgressReporter(lambda d, t: events.append((d, t)), interval=0.5).start(5) as progress:
         time.sleep(0.45)
         progress.advance(5)
+        progress.finishing(lambda: "done")
     assert events[0] == (0, 5) and events[-1] == (5, 5)
     assert 5 <= events.count((0, 5)) <= 10, events  # every tick (0.05 s here) without a report
+
+
+def test_the_total_comes_long_enough_after_the_report_before_it_to_be_drawn() -> None:
+    """tqdm draws nothing for an update within its minimum interval (0.1 s) of the last drawing: the report of
+    the total waits until MIN_GAP after the one before it, so that the bar shows 100% (once, not twice)."""
+    times: list[tuple[float, int]] = []
+    with ProgressReporter(lambda d, t: times.append((time.monotonic(), d)), interval=5.0).start(10) as progress:
+        progress.update(9)
+        progress.update(10)  # at once: held back
+        assert [done for _, done in times] == [0, 9]
+        progress.finishing(lambda: "syncing")
+    assert [done for _, done in times] == [0, 9, 10]
+    assert times[2][0] - times[1][0] >= progress_module.MIN_GAP * 0.99
 
 
 def test_finishing_logs_what_it_does_instead_of_repeating_100_percent(caplog: pytest.LogCaptureFixture) -> None:
@@ -218,16 +243,18 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
         # Late, as slow storage is, but counted from the export's own lines, not from process start (which
         # took 1.4 s once on a loaded CI machine); 30 s without two status lines: written all the same, to fail.
         deadline = time.monotonic() + 30
-        while sum("WARNING: export_batching:" in line for _, line in lines) < 2 and time.monotonic() < deadline:
+        while sum(line.startswith(STATUS_LINE + "all ") for _, line in lines) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         feed_fifo(fifo)
 
     code, lines, ended = timed_lines(command, tmp_path, during=feed_late)
     assert code == 0, lines
-    status = [line for _, line in lines if "WARNING: export_batching:" in line]
+    status = [line for _, line in lines if line.startswith(STATUS_LINE + "all ")]
     assert len(status) >= 2, lines
-    expected = "skyarchive: WARNING: export_batching: all 300 posts written; copying media files: 0 of 1 done"
+    expected = STATUS_LINE + "all 300 posts written; copying media files: 0 of 1 done"
     assert set(status) == {expected}, status
+    if HOST_HAS_STATUS:  # skyarchive 0.5's status channel: no WARNING for what is no warning
+        assert not [line for _, line in lines if "WARNING" in line], lines
     assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
 
 

@@ -33,6 +33,7 @@ from export_batching_plugin.batched import ExportFailed, Span
 
 from .conftest import plugin_toml
 from .harness import (
+    FORMATS,
     Outcome,
     add_slow_media_file,
     archive_with_media,
@@ -41,6 +42,7 @@ from .harness import (
     insert_rows,
     media_row,
     post_row,
+    status_lines,
 )  # fmt: skip
 from .postgres import pg_url  # noqa: F401 - a fixture
 
@@ -128,7 +130,7 @@ def media_files(outcome: Outcome) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("which", [w for w in WHICH if w != "the reader"])
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_the_export_does_the_work_itself(
     media_archive: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, format: str
 ) -> None:
@@ -200,7 +202,7 @@ def test_without_a_heartbeat_the_export_keeps_the_console_going_itself(
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.2}, media=True, media_dir=media_dir)
     feeder.join()
     assert refused and outcome.error is None, outcome.error
-    statuses = [r.getMessage() for r in caplog.records if "copying media files:" in r.getMessage()]
+    statuses = [line for line in status_lines(outcome, caplog.records) if "copying media files:" in line]
     assert len(statuses) >= 3, statuses
 
 

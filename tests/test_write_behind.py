@@ -18,7 +18,7 @@ import pytest
 
 from export_batching_plugin import batched, output, reading
 
-from .harness import export, insert_rows, make_engine, post_row
+from .harness import FORMATS, export, insert_rows, make_engine, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 
@@ -48,7 +48,7 @@ def engine(tmp_path: Path) -> Any:
     engine.dispose()
 
 
-@pytest.mark.parametrize("format", ["json", "csv"])
+@pytest.mark.parametrize("format", FORMATS)
 def test_the_snapshot_ends_before_a_slow_disk_has_the_posts(
     engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str
 ) -> None:

@@ -1,0 +1,74 @@
+"""JSON Lines (skyarchive 0.5): streamed byte for byte as skyarchive writes it, and read back by a streaming consumer.
+
+The differential tests of the other formats run on JSON Lines too (tests/test_byte_identity.py and the
+others parametrize over every format the host writes); here: what is particular to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .conftest import HOST_VERSION
+from .harness import export, insert_rows, make_engine, post_row
+
+pytestmark = pytest.mark.skipif(HOST_VERSION < (0, 5), reason="JSON Lines: skyarchive 0.5")
+
+
+def test_an_empty_selection_is_an_empty_file(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n, did="did:plc:other") for n in range(3)])
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0}, format="jsonl")
+    assert outcome.error is None and outcome.posts_bytes == b""
+    assert outcome.manifest is not None and outcome.manifest["files"] == ["posts.jsonl"]
+    assert outcome.manifest["exporter"].startswith("export_batching")
+
+
+def test_each_line_is_one_post_in_export_order(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "a.db")
+    rows = [post_row(n, text=f"line {n}\nwith a newline", created_at=f"2025-01-01T00:00:{n % 7:02d}.000Z")
+            for n in range(50)]  # fmt: skip
+    insert_rows(engine, rows)
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 7}, format="jsonl")
+    assert outcome.posts_bytes is not None
+    lines = outcome.posts_bytes.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 51, "one line per post, each ending in \\n"
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        order = [uri for (uri,) in conn.execute("SELECT uri FROM posts ORDER BY created_at DESC, uri ASC")]
+    assert [json.loads(line)["uri"] for line in lines[:-1]] == order
+
+
+@pytest.mark.slow  # pandas: a large import, in the slow tests' environment only
+def test_pandas_reads_every_post_back_in_chunks(tmp_path: Path) -> None:
+    """pandas streams JSON Lines (``read_json(lines=True, chunksize=…)``), where an array must be loaded whole."""
+    if os.environ.get("CI") == "true":
+        import pandas
+    else:
+        pandas = pytest.importorskip("pandas", reason="pandas is installed in the slow tests' environment")
+    engine = make_engine(tmp_path / "a.db")
+    image = '{"images": [{"alt": "a cat, asleep", "aspectRatio": {"height": 750, "width": 1000}, "fullsize": "x@j"}]}'
+    rows = [
+        post_row(n, text=f"post {n}: é, \"quoted\"\nnext line", created_at=f"2025-01-{1 + n % 28:02d}T00:00:00.000Z",
+                 embed_type="images" if n % 4 == 0 else None, embed_data=image if n % 4 == 0 else None,
+                 labels='[{"val": "spam"}]' if n % 9 == 0 else None, like_count=n)
+        for n in range(6000)
+    ]  # fmt: skip
+    insert_rows(engine, rows)
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 500}, format="jsonl")
+    engine.dispose()
+    assert outcome.result is not None
+    path = outcome.result.export_dir / "posts.jsonl"
+    uris: list[str] = []
+    chunks = 0
+    with pandas.read_json(path, lines=True, chunksize=1000, dtype=False) as reader:
+        for chunk in reader:
+            chunks += 1
+            uris.extend(chunk["uri"])
+            assert len(chunk) <= 1000
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        order = [uri for (uri,) in conn.execute("SELECT uri FROM posts ORDER BY created_at DESC, uri ASC")]
+    assert chunks == 6 and uris == order
