@@ -168,6 +168,7 @@ class _Export:
         self.phase = "publishing"
         staging.publish()
         self._published()
+        progress.done("export complete")
         return self.result
 
     def _read(
@@ -280,10 +281,9 @@ class _Export:
         """What the export is doing once every post is written (for the progress line)."""
 
         def status() -> str:
-            posts = f"all {progress.processed:,} posts written"
             if self.phase == "copying media files" and media is not None:
-                return f"{posts}; copying media files: {media.done:,} of {media.rows:,} done"
-            return f"{posts}; {self.phase}"
+                return f"copying media files: {media.done:,} of {media.rows:,} done"
+            return self.phase
 
         return status
 

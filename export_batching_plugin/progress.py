@@ -107,7 +107,10 @@ class ProgressReporter:
             self._report_locked()
 
     def finishing(self, status: Callable[[], str]) -> None:
-        """Every post is written; ``status()`` says what the export is doing from now on."""
+        """Every post is written; ``status()`` says what the export is doing from now on (``"syncing to disk"``).
+
+        Beside the bar it is shown as it is; as a log line it follows ``all 6,000 posts written; ``.
+        """
         with self._lock:
             if self.total != self.processed:  # the stream ended short of the count: the real total
                 self.total = self.processed
@@ -117,6 +120,14 @@ class ProgressReporter:
                 self._held = False
                 self._report_locked()
             self._status = status
+
+    def done(self, text: str) -> None:
+        """The export is in place: the last status (where the host has a status channel), then no more."""
+        with self._lock:
+            self._status = None
+            if self._channel.status is not None and self._failure is None and not self._stopped.is_set():
+                self._channel.status(text)
+        self.stop()
 
     def beat(self) -> None:
         """What the heartbeat does when it is due; called by the export's own thread where there is none."""
@@ -172,4 +183,4 @@ class ProgressReporter:
         elif now - self._last >= self.interval - self.tick:
             self._last = now
             level = logging.INFO if sys.stderr.isatty() else logging.WARNING
-            log.log(level, "export_batching: %s", text)
+            log.log(level, "export_batching: all %s posts written; %s", f"{self.processed:,}", text)

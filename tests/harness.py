@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +31,15 @@ from export_batching_plugin.plugin import create_plugin
 HOST_HAS_STATUS = tuple(int(p) for p in skyarchive.__version__.split(".")[:2]) >= (0, 5)
 #: The formats the installed host writes (0.5 adds JSON Lines); every differential test runs each.
 FORMATS: list[str] = list(skyarchive.export.FORMATS)
-#: How a status line of the plugin's reads on skyarchive's console when it is not a terminal.
-STATUS_LINE = "export: " if HOST_HAS_STATUS else "skyarchive: WARNING: export_batching: "
+
+
+def status_line(what: str, posts: int) -> str:
+    """A status line of the plugin's, as skyarchive's console prints it when it is not a terminal: through the
+    status channel (0.5), or logged (before), once ``posts`` posts are written."""
+    if HOST_HAS_STATUS:
+        return f"export: {what}"
+    return f"skyarchive: WARNING: export_batching: all {posts:,} posts written; {what}"
+
 
 _counter = itertools.count()
 
@@ -177,7 +185,7 @@ def status_lines(outcome: Outcome, records: Iterable[logging.LogRecord]) -> list
     if HOST_HAS_STATUS:
         assert not [line for line in logged if line.startswith("all ")], "0.5 has a status channel: no log lines"
         return outcome.statuses
-    return [line for line in logged if line.startswith("all ")]
+    return [re.sub(r"^all [\d,]+ posts written; ", "", line) for line in logged if line.startswith("all ")]
 
 
 def plugin_manager(settings: Mapping[str, Any] | None) -> pluggy.PluginManager:
