@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -36,15 +37,22 @@ from .host import (
     write_manifest,
 )
 from .media import MediaCopier
-from .output import Output, WriteBehindError, spool_directory
+from .offload import EncoderFailed, Offload
+from .output import WriteBehindError
+from .pgcopy import CopyLinesEncoder
 from .progress import Channel, ProgressReporter
-from .reading import Batch, Snapshot, count_archive, count_selection, read_batches, read_media_rows
+from .reading import Snapshot, count_archive, count_selection, read_batches, read_media_rows
+from .rows import Batch, RowSpool
 from .selfcheck import make_encoders
+from .spoolfile import spool_directory
 from .staging import Staging, check_folder_name, fsync_directory, sync_tree
 from .writing import CsvWriter, PostsWriter, open_writer, posts_output
 
 log = logging.getLogger("export_batching_plugin")
 EXPORTER = f"export_batching {__version__}"
+#: Selections this large are encoded by the encoder process, beside the reading (smaller ones take less time
+#: to encode than the process to start).
+OFFLOAD_POSTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,9 @@ class _Export:
         self.batch: Span | None = None
         self.staging: Staging | None = None
         self.result: ExportResult | None = None  # once everything is written, before it is published
+        self.read = 0  # posts read so far
+        self.in_date_order = False
+        self.selected = 0  # the selection's size, counted before the snapshot
 
     def run(self) -> ExportResult | None:
         """The export's result, or None when it is left to the host; ExportFailed (or an interrupt) if it failed."""
@@ -122,11 +133,14 @@ class _Export:
         return result
 
     def _wanted(self) -> bool:
-        """Whether the plugin exports this selection (its size, counted once before anything is made)."""
-        if self.settings.checksums:
-            return True
+        """Whether the plugin exports this selection (its size, counted once before anything is made); and, on
+        SQLite, whether to walk the date index (see :func:`.reading.read_batches`): decided here, outside the
+        read snapshot, which is then used for reading the rows alone."""
         with self.job.engine.connect() as conn:
-            return count_selection(conn, self.job.request) >= self.settings.threshold
+            self.selected = count_selection(conn, self.job.request)
+            if conn.dialect.name == "sqlite":
+                self.in_date_order = 2 * self.selected >= count_archive(conn)  # most of the archive
+        return self.settings.checksums or self.selected >= self.settings.threshold
 
     def _encoders(self) -> Encoders:
         encoders = make_encoders()
@@ -157,11 +171,11 @@ class _Export:
         progress = ProgressReporter(self.channel, interval=settings.progress_interval)
         path = staging.path / POSTS_FILE[request.format]
         spool_dir = spool_directory(staging.final.parent)
-        output = stack.enter_context(
-            posts_output(path, spool_dir=spool_dir, checksums=settings.checksums, on_written=progress.update)
-        )
-        writer = self._read(stack, encoders, media, output, progress)
-        self._finish(writer, media, progress)
+        rows = stack.enter_context(RowSpool(spool_dir))
+        offload = self._offload(stack, encoders, rows, path)
+        copy_encoder = self._read(stack, encoders, media, rows, progress, offload)
+        digest = self._write(stack, encoders, copy_encoder, rows, media, progress, offload, path, spool_dir)
+        self._finish(digest, path, media, progress)
         self.result = ExportResult(
             export_dir=job.export_dir, post_count=progress.processed, media_count=media.copied if media else 0
         )
@@ -171,42 +185,112 @@ class _Export:
         progress.done("export complete")
         return self.result
 
+    def _offload(self, stack: ExitStack, encoders: Encoders, rows: RowSpool, path: Path) -> Offload | None:
+        """The encoder process (:mod:`.offload`), where it is worth it and can be started; else None."""
+        request = self.job.request
+        options = {"json": encoders.json_options, "jsonl": encoders.jsonl_options}.get(request.format)
+        worth_it = self.settings.encoder_process and self.selected >= OFFLOAD_POSTS
+        if options is None or encoders.fallback_reason is not None or not worth_it:
+            return None
+        offload = Offload.start(
+            format=request.format, options=options, posts=path, checksums=self.settings.checksums, spool=rows.fd
+        )
+        return stack.enter_context(offload) if offload is not None else None
+
     def _read(
         self,
         stack: ExitStack,
         encoders: Encoders,
         media: MediaCopier | None,
-        output: Output,
+        rows: RowSpool,
         progress: ProgressReporter,
-    ) -> PostsWriter:
-        """Inside the read snapshot: count, list the media rows, read and encode every post; end the snapshot.
-
-        The encoded posts are written behind (:mod:`.output`): the snapshot ends when the last row is read,
-        whatever the speed of the disk the posts file goes to.
-        """
+        offload: Offload | None,
+    ) -> CopyLinesEncoder | None:
+        """Inside the read snapshot: count, list the media rows, read every post into the row spool; then end the
+        snapshot. Nothing but reading happens inside it: it lasts as long as the rows take to read, at the
+        database's speed (as skyarchive's own read does), however slow encoding or the output disk are. The
+        encoder process, if any, encodes the spooled batches meanwhile. Returns the PostgreSQL COPY path's line
+        encoder when that path reads the rows."""
         job, request = self.job, self.job.request
         self.phase = "counting posts"
-        snapshot = stack.enter_context(Snapshot.open(job.engine))
+        snapshot = stack.enter_context(Snapshot.open(job.engine, copy=True))
         conn = snapshot.conn
-        total = count_selection(conn, request)
+        if snapshot.copying:
+            self.phase = "reading the selection"
+            total = snapshot.copy_selection(request, in_date_order=self.in_date_order, media=media is not None)
+            snapshot.end(complete=True)  # the archive is free from here: the rows are read from the copy
+        else:
+            total = count_selection(conn, request)
         if media is not None:
             self.phase = "reading the media rows"
-            media.spool(read_media_rows(conn, request))
+            media.spool(read_media_rows(conn, request, from_copy=snapshot.copying))
             media.start()
-        batches, writer = self._posts(conn, total, encoders, output)
+        batches, copy_encoder = self._stream(conn, total, encoders, from_copy=snapshot.copying)
         stack.enter_context(closing(batches))  # its cursor, before the snapshot ends
         stack.enter_context(progress.start(total))  # stopped first: nothing is reported once the export failed
+        progress.reading(lambda: f"reading posts: {self.read:,} of {total:,}")
         for batch in self._reading(batches, total):
+            rows.put(batch)
+            if offload is not None:
+                offload.wake()
+                self._encoded(offload.poll, progress.update)
+            del batch  # not held while the next one is read
+        batches.close()
+        snapshot.close(complete=True)
+        progress.reading(lambda: f"all {self.read:,} posts read; writing {POSTS_FILE[request.format]}")
+        return copy_encoder
+
+    def _write(
+        self,
+        stack: ExitStack,
+        encoders: Encoders,
+        copy_encoder: CopyLinesEncoder | None,
+        rows: RowSpool,
+        media: MediaCopier | None,
+        progress: ProgressReporter,
+        offload: Offload | None,
+        path: Path,
+        spool_dir: Path,
+    ) -> str | None:
+        """Outside the snapshot: the posts file, written and synced, by the encoder process or here; its sha256
+        (with checksums), else None."""
+        name = path.name
+        if offload is not None:
+            if self._encoded(offload.wait_ready, progress.update):
+                self.phase, self.batch = f"finishing {name}", None
+                digest: str | None = self._encoded(offload.finish, progress.update, tick=progress.beat)
+                return digest
+            log.info("export_batching: the encoder process did not start; encoding the posts here")
+            offload.close()
+            path.unlink(missing_ok=True)  # if it had made it
+        checksums = self.settings.checksums
+        output = stack.enter_context(
+            posts_output(path, spool_dir=spool_dir, checksums=checksums, on_written=progress.update)
+        )
+        if copy_encoder is not None:
+            writer: PostsWriter = CsvWriter(output, encoders.csv_header, copy_encoder)
+        else:
+            writer = open_writer(self.job.request.format, output, encoders)
+        for batch in rows.batches():
             self.phase, self.batch = "writing", Span.of(batch)
             self._writing(writer.write_batch, batch)
             if media is not None:
                 self.phase, self.batch = "copying media files", None
                 media.check()
-        self.phase, self.batch = f"finishing {writer.path.name}", None
+            del batch  # not held while the next one is read
+        self.phase, self.batch = f"finishing {name}", None
         self._writing(writer.end)
-        batches.close()
-        snapshot.end(complete=True)
-        return writer
+        digest = self._writing(writer.finish, tick=progress.beat)
+        return digest
+
+    def _encoded(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` on the encoder process; what stopped it is told as the batch it was writing."""
+        try:
+            return call(*args, **kwargs)
+        except EncoderFailed as failed:
+            if failed.batch is not None:
+                self.phase, self.batch = "writing", Span(*failed.batch)
+            raise failed.cause from None
 
     def _writing(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``write(*args, **kwargs)``; a failure of the writer thread is told as the batch it was writing."""
@@ -220,6 +304,7 @@ class _Export:
     def _reading(self, batches: Iterator[Batch], total: int) -> Iterator[Batch]:
         """The batches, with the phase saying which one is being read (so that a failure names it)."""
         size, read, number = self.settings.batch_size, 0, 0
+        self.read = 0
         while True:
             if read >= total:
                 self.phase, self.batch = f"reading the end of the selection (after post {read} of {total})", None
@@ -229,29 +314,26 @@ class _Export:
             if batch is None:
                 return
             number, read = batch.number, read + len(batch.rows)
+            self.read = read
             yield batch
+            del batch  # not held while the next one is read
 
-    def _posts(
-        self, conn: Connection, total: int, encoders: Encoders, output: Output
-    ) -> tuple[Generator[Batch, None, None], PostsWriter]:
-        """The stream of the posts' batches, and the writer of the posts file."""
+    def _stream(
+        self, conn: Connection, total: int, encoders: Encoders, *, from_copy: bool
+    ) -> tuple[Generator[Batch, None, None], CopyLinesEncoder | None]:
+        """The stream of the posts' batches; and, on PostgreSQL's COPY path, its line encoder."""
         request, settings = self.job.request, self.settings
         sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
         if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
             stmt = pgcopy.copy_query(request, with_labels=has_labels(encoders.csv_header))
             encode = pgcopy.copy_lines_encoder(*encoders.fields)
-            return pgcopy.read_copy_batches(conn, stmt, **sizes), CsvWriter(output, encoders.csv_header, encode)
-        in_date_order = conn.dialect.name == "sqlite" and 2 * total >= count_archive(conn)  # most of the archive
-        return read_batches(conn, request, in_date_order=in_date_order, **sizes), open_writer(
-            request.format, output, encoders
-        )
+            return pgcopy.read_copy_batches(conn, stmt, **sizes), encode
+        return read_batches(conn, request, in_date_order=self.in_date_order, from_copy=from_copy, **sizes), None
 
-    def _finish(self, writer: PostsWriter, media: MediaCopier | None, progress: ProgressReporter) -> None:
-        """Outside the snapshot: the posts file written and synced, the media copied, the manifest, the sums,
-        one sync."""
+    def _finish(self, digest: str | None, path: Path, media: MediaCopier | None, progress: ProgressReporter) -> None:
+        """Outside the snapshot, the posts file written: the media copied, the manifest, the sums, one sync."""
         assert self.staging is not None
         staging = self.staging
-        digest = self._writing(writer.finish, tick=progress.beat)
         progress.finishing(self._status(progress, media))
         if media is not None:
             self.phase = "copying media files"
@@ -271,7 +353,7 @@ class _Export:
             media_sums = media.sums() if media is not None else iter(())
             write_sums(
                 staging.path / SUMS_NAME,
-                [(digest, writer.path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
+                [(digest, path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
                 media_sums,
             )
         self.phase = "syncing to disk"

@@ -34,27 +34,18 @@ from __future__ import annotations
 import csv
 import io
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import simplejson
-from orjson import OPT_INDENT_2, JSONDecodeError
-from orjson import dumps as _dumps
+from orjson import JSONDecodeError
 from orjson import loads as _loads
 
 from . import host
 from .csvlines import Field, LinesEncoder, posts_csv_encoder
-from .threads import on_fresh_stack
+from .jsonenc import BatchEncoder, Parser, json_items, jsonl_lines, with_room
 
-#: Rows and their stored sizes -> the batch's pieces, yielded one at a time (bytes or views, so that nothing
-#: is copied): posts.json's array items, to be joined by ",\n"; posts.jsonl's lines, each ending in "\n".
-BatchEncoder = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[Any]]
-#: Records are encoded in runs of about this much stored text (the output of one run is about twice that).
-RUN_BYTES = 1 << 20
-#: A record with more stored text than this goes to simplejson: orjson reserves worst-case buffer space
-#: for long strings, several times the record's size (docs/benchmarks.md, "Measurements behind the design").
-LARGE_RECORD = 64 << 10
 CSV_15 = (
     "URI", "CID", "DID", "Text", "CreatedAt", "LikeCount", "RepostCount", "ReplyCount", "QuoteCount", "IsReply",
     "ReplyParent", "HasMedia", "MediaFiles", "EmbedType", "IndexedAt",
@@ -64,144 +55,16 @@ CSV_15 = (
 Post = namedtuple("Post", host.POST_COLUMNS)  # type: ignore[misc]
 
 
-class _Parser:
-    """simplejson parsing, as the host parses (``simplejson.loads``), that notes whether a float was seen."""
-
-    def __init__(self) -> None:
-        self.saw_float = False
-        self._decode = simplejson.JSONDecoder(parse_float=self._float).decode
-
-    def _float(self, text: str) -> float:
-        self.saw_float = True
-        return float(text)
-
-    def __call__(self, value: Any, column: str, uri: Any) -> Any:
-        try:
-            return self._parse(value, column, uri)
-        except RecursionError:  # nested deeper than this stack leaves room for: the host's limit or more
-            return on_fresh_stack(self._parse, value, column, uri)
-
-    def _parse(self, value: Any, column: str, uri: Any) -> Any:
-        try:
-            if type(value) is str:
-                return self._decode(value)
-            return simplejson.loads(value, parse_float=self._float)  # bytes, as the host's loads takes them
-        except ValueError as exc:  # the host's message, word for word
-            raise host.SkyarchiveError(f"post {uri}: {column} is not valid JSON ({exc})") from None
-
-
-#: ``(record, simple)`` of each row: the posts.json object as ``post_record`` builds it, and whether it must
-#: be encoded by simplejson (see the module's docstring) rather than orjson.
-Records = Callable[[Sequence[Sequence[Any]], Sequence[int]], Iterator[tuple[dict[str, Any], bool]]]
-
-
-def records_of(parse: _Parser) -> Records:
-    """The records of rows (in POST_COLUMNS order), as ``post_record`` builds them; ``sizes`` are the rows'
-    stored sizes, as the reader counted them for the byte budget."""
-
-    def records(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[tuple[dict[str, Any], bool]]:
-        for row, size in zip(rows, sizes, strict=True):
-            (uri, cid, did, text, created_at, indexed_at, has_media, likes, reposts, replies, quotes, is_reply,
-             reply_parent, embed_type, embed_data, labels, archived_at) = row  # fmt: skip
-            record: dict[str, Any] = {
-                "uri": uri, "cid": cid, "did": did, "text": text, "created_at": created_at,
-                "indexed_at": indexed_at, "has_media": bool(has_media), "like_count": likes,
-                "repost_count": reposts, "reply_count": replies, "quote_count": quotes, "is_reply": bool(is_reply),
-            }  # fmt: skip
-            if reply_parent is not None:
-                record["reply_parent"] = reply_parent
-            if embed_type is not None:
-                record["embed_type"] = embed_type
-            parse.saw_float = False
-            if embed_data is not None:
-                record["embed_data"] = parse(embed_data, "embed_data", uri)
-            if labels is not None:
-                record["labels"] = parse(labels, "labels", uri)
-            record["archived_at"] = archived_at
-            plain = type(likes) is int and type(reposts) is int and type(replies) is int and type(quotes) is int
-            yield record, parse.saw_float or not plain or size > LARGE_RECORD
-
-    return records
-
-
-def _with_room(encode: Callable[[Any], str], value: Any) -> str:
-    """``encode(value)``; on a fresh stack if it is nested deeper than this one leaves room for (the host's
-    limit or more: see :func:`.threads.on_fresh_stack`)."""
-    try:
-        return encode(value)
-    except RecursionError:
-        result: str = on_fresh_stack(encode, value)
-        return result
-
-
-def _in_runs(
-    pairs: Iterator[tuple[dict[str, Any], bool]],
-    sizes: Sequence[int],
-    fast: Callable[[list[dict[str, Any]]], Any],
-    simple: Callable[[dict[str, Any]], Any],
-) -> Iterator[Any]:
-    """The records of ``pairs`` encoded in runs of about RUN_BYTES of stored text by ``fast``, each record that
-    needs simplejson on its own by ``simple``, in order."""
-    run: list[dict[str, Any]] = []
-    run_bytes = 0
-    for (record, needs_simplejson), size in zip(pairs, sizes):  # noqa: B905 - pairs are of the same rows
-        if needs_simplejson:
-            if run:
-                yield fast(run)
-                run, run_bytes = [], 0
-            yield simple(record)
-            continue
-        run.append(record)
-        run_bytes += size
-        if run_bytes >= RUN_BYTES:
-            yield fast(run)
-            run, run_bytes = [], 0
-    if run:
-        yield fast(run)
-
-
 def json_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
-    """Encode rows (in POST_COLUMNS order) to the items of a posts.json array, indented as in the host's file."""
-    records = records_of(_Parser())
-    slow = simplejson.JSONEncoder(**per_post.json_options).encode
-
-    def simple(run: list[dict[str, Any]]) -> memoryview:
-        return memoryview(_with_room(slow, run).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
-
-    def fast(run: list[dict[str, Any]]) -> memoryview:
-        try:
-            return memoryview(_dumps(run, option=OPT_INDENT_2))[2:-2]
-        except TypeError:  # an integer beyond 64 bits, bytes, a lone surrogate: simplejson decides
-            return simple(run)
-
-    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        return _in_runs(records(rows, sizes), sizes, fast, lambda record: simple([record]))
-
-    return encode
+    """The fast posts.json items (:func:`.jsonenc.json_items`) with the installed host's ``JSON_OPTIONS``."""
+    return json_items(per_post.json_options, error=host.SkyarchiveError)
 
 
 def jsonl_batch_encoder(per_post: host.PerPost) -> BatchEncoder:
-    """Encode rows (in POST_COLUMNS order) to posts.jsonl lines, each ending in ``\n``, as the host writes them:
-    ``simplejson.dumps(post_record(post), **JSONL_OPTIONS) + "\n"``. orjson's compact output is simplejson's
-    with ``separators=(",", ":")`` and ``ensure_ascii=False``, for the same values as in posts.json."""
+    """The fast posts.jsonl lines (:func:`.jsonenc.jsonl_lines`) with the installed host's ``JSONL_OPTIONS``."""
     if per_post.jsonl_options is None:
         raise ValueError("the host writes no JSON Lines")
-    records = records_of(_Parser())
-    slow = simplejson.JSONEncoder(**per_post.jsonl_options).encode
-
-    def simple(record: dict[str, Any]) -> bytes:
-        return (_with_room(slow, record) + "\n").encode("utf-8")
-
-    def fast(run: list[dict[str, Any]]) -> bytes:
-        try:
-            return b"\n".join(map(_dumps, run)) + b"\n"
-        except TypeError:  # as in posts.json: simplejson decides, record by record
-            return b"".join(map(simple, run))
-
-    def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[bytes]:
-        return _in_runs(records(rows, sizes), sizes, fast, simple)
-
-    return encode
+    return jsonl_lines(per_post.jsonl_options, error=host.SkyarchiveError)
 
 
 def fields_of(per_post: host.PerPost) -> tuple[Field, Field]:
@@ -218,7 +81,7 @@ def fields_of(per_post: host.PerPost) -> tuple[Field, Field]:
     media_hashes, label_values = per_post.media_hashes, per_post.label_values
     if media_hashes is None or (host.has_labels(per_post.csv_header) and label_values is None):
         raise ValueError("the host has no media_hashes/label_values")
-    parse = _Parser()
+    parse = Parser(host.SkyarchiveError)
 
     def media_of(embed_data: Any, uri: Any) -> str:
         try:
@@ -262,7 +125,7 @@ def host_json_encoder(per_post: host.PerPost) -> BatchEncoder:
         return slow([post_record(Post._make(row)) for row in rows])
 
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        yield memoryview(_with_room(whole, rows).encode("utf-8"))[2:-2]
+        yield memoryview(with_room(whole, rows).encode("utf-8"))[2:-2]
 
     return encode
 
@@ -278,7 +141,7 @@ def host_jsonl_encoder(per_post: host.PerPost) -> BatchEncoder:
         return "".join(slow(post_record(Post._make(row))) + "\n" for row in rows)
 
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[bytes]:
-        yield _with_room(lines, rows).encode("utf-8")
+        yield with_room(lines, rows).encode("utf-8")
 
     return encode
 
@@ -311,3 +174,6 @@ class Encoders:
     fields: tuple[Field, Field] | None = None
     #: Why the fast encoders are not used, or None when they are.
     fallback_reason: str | None = None
+    #: The host's simplejson options of posts.json and of a posts.jsonl line (the encoder process's encoders).
+    json_options: Mapping[str, Any] | None = None
+    jsonl_options: Mapping[str, Any] | None = None

@@ -20,7 +20,6 @@ at :meth:`~Output.finish`, as :class:`WriteBehindError` naming the piece (the ba
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import hashlib
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .spoolfile import punch_out
 from .threads import start_thread
 
 log = logging.getLogger("export_batching_plugin")
@@ -41,20 +41,6 @@ log = logging.getLogger("export_batching_plugin")
 MEMORY = 4 << 20
 #: ``writev`` takes at most this many buffers at once (Linux's IOV_MAX).
 _IOV_MAX = 1024
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-_RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
-
-
-def _fallocate() -> Callable[..., int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):  # pragma: no cover - glibc on Linux has it
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    return function
-
-
-_punch = _fallocate()
 
 
 class WriteBehindError(Exception):
@@ -63,33 +49,6 @@ class WriteBehindError(Exception):
     def __init__(self, tag: Any, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.tag, self.cause = tag, cause
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The type of the filesystem holding ``path`` (``/proc/self/mounts``), or None if it cannot be told."""
-    try:
-        mounts = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    where, found = os.path.realpath(path), None
-    best = -1
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = where == point or where.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
-            best, found = len(point), fields[2]
-    return found
-
-
-def spool_directory(beside: Path) -> Path:
-    """Where the spool lives: TMPDIR, a disk other than the export's as a rule (the export's may be the
-    slow one); but when TMPDIR is held in memory (tmpfs), beside the export, so that what the disk has not
-    taken yet is never held in memory, where a container's memory limit would count it."""
-    temporary = Path(tempfile.gettempdir())
-    return beside if filesystem_type(temporary) in _RAM_FILESYSTEMS else temporary
 
 
 class Spool:
@@ -129,8 +88,8 @@ class Spool:
         if self.held == 0:
             os.ftruncate(self._fd, 0)
             self._end = 0
-        elif _punch is not None:
-            _punch(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)  # best effort
+        else:
+            punch_out(self._fd, offset, length)
         return data
 
     def close(self) -> None:
@@ -165,9 +124,11 @@ class Output:
         checksums: bool,
         on_written: Callable[[int], None] = lambda written: None,
         memory: int | None = None,
+        spill: bool = True,
     ) -> None:
         self.path = path
         self._on_written = on_written
+        self._spill = spill  # False: write() waits for room in memory instead of spooling
         self._file = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by finish()/close()
         self._digest = hashlib.sha256() if checksums else None
         self._spool_dir = spool_dir
@@ -199,7 +160,12 @@ class Output:
         self._raise_failure()
         size = sum(len(piece) for piece in pieces)
         with self._ready:
-            if self._thread is not None and (self._memory + size <= self._limit or not self._queue):
+            # What is held counts until it is written (the piece the writer is at too); one piece larger than
+            # the limit is held only when nothing else is.
+            while not self._spill and self._thread is not None and self._memory and self._memory + size > self._limit:
+                self._ready.wait(0.1)  # the writer takes a piece and notifies, or fails
+                self._raise_failure()
+            if self._thread is not None and (self._memory + size <= self._limit or not self._memory):
                 self._queue.append((list(pieces), posts, tag))
                 self._memory += size
             else:
@@ -284,5 +250,6 @@ class Output:
             if not isinstance(where, tuple):
                 self._memory -= size
             self.written += posts
+            self._ready.notify_all()  # a write() waiting for room
         if posts:
             self._on_written(self.written)

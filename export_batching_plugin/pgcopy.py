@@ -38,7 +38,8 @@ from sqlalchemy.sql.expression import ColumnElement, Select
 
 from .csvlines import Field, csv_field
 from .host import POST_ORDER, ExportRequest, SkyarchiveError, posts_table, selection_criteria
-from .reading import Batch, batches_of_stream
+from .reading import batches_of_stream
+from .rows import Batch
 
 #: COPY rows (bytes, each ending with ``\n``) -> their posts.csv lines.
 CopyLinesEncoder = Callable[[Sequence[bytes]], bytes]

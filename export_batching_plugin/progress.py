@@ -69,6 +69,7 @@ class ProgressReporter:
         self._last = 0.0  # when the channel was last called (or a status line given)
         self._held = False  # the report of the total, held back until MIN_GAP after the one before it
         self._status: Callable[[], str] | None = None  # set in the finishing phase
+        self._activity: Callable[[], str] | None = None  # what the export does before the finishing phase
         self._failure: BaseException | None = None  # what the channel raised on another thread
         self._thread: Helper | None = None
 
@@ -105,6 +106,13 @@ class ProgressReporter:
                 self._held = True  # the heartbeat, or finishing(), reports it once the gap has passed
                 return
             self._report_locked()
+
+    def reading(self, activity: Callable[[], str]) -> None:
+        """Until :meth:`finishing`: ``activity()`` says what the export is doing while the count may not move
+        (``"reading posts: 412,000 of 1,000,000"``); given at every tick where the host has a status channel,
+        instead of repeating the count (its console redraws the bar itself)."""
+        with self._lock:
+            self._activity = activity
 
     def finishing(self, status: Callable[[], str]) -> None:
         """Every post is written; ``status()`` says what the export is doing from now on (``"syncing to disk"``).
@@ -165,6 +173,9 @@ class ProgressReporter:
                     self._held = False
                     self._last = now
                     self._channel.update(self.processed, self.total)
+            elif self._activity is not None and self._channel.status is not None:
+                self._last = now
+                self._channel.status(self._activity())
             elif now - self._last >= self.tick and self.processed < self.total:  # 100% would print again
                 self._last = now
                 self._channel.update(self.processed, self.total)

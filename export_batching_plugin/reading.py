@@ -18,34 +18,20 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Protocol
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Column, MetaData, Table, func, insert, literal_column, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import Select
 
-from .host import POST_COLUMNS, POST_ORDER, ExportRequest, media_table, posts_table, selection_criteria
+from .host import POST_ORDER, ExportRequest, media_table, posts_table, selection_criteria
+from .rows import Batch, row_size
 from .threads import start_thread
 
 log = logging.getLogger("export_batching_plugin")
 
-#: Stored columns whose size can be large; they make up a row's size for the byte budget.
-_TEXT, _EMBED, _LABELS = (POST_COLUMNS.index(name) for name in ("text", "embed_data", "labels"))
 #: Drivers whose rows are fetched as plain tuples (see :func:`open_stream`).
 RAW_CURSOR_DRIVERS = frozenset({"pysqlite"})
 SERVER_CURSOR_DRIVERS = frozenset({"psycopg", "psycopg2"})
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A run of consecutive posts of the export, in export order."""
-
-    number: int  #: 1-based
-    offset: int  #: position of its first post in the export (0-based)
-    rows: Sequence[Sequence[Any]]  #: row tuples, columns in schema order
-    sizes: Sequence[int]  #: each row's stored size (text, embed, labels), as counted for the byte budget
-
-    def describe(self) -> str:
-        return f"batch {self.number} (posts {self.offset + 1}-{self.offset + len(self.rows)})"
 
 
 class Snapshot:
@@ -69,22 +55,27 @@ class Snapshot:
         self.conn = conn
         self._root, self._transaction = root, transaction
         self._open = True
+        self.copying = False  #: whether the selection is copied (:meth:`copy_selection`)
 
     def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        """End the transaction if it is still open; never raises (the failure that stopped the reading is told)."""
+        """End the transaction if it is still open, give the connection back; never raises (the failure that
+        stopped the reading is told)."""
         with suppress(BaseException):
-            self.end(complete=False)
+            self.close(complete=False)
 
     @classmethod
-    def open(cls, engine: Engine) -> Snapshot:
+    def open(cls, engine: Engine, *, copy: bool = False) -> Snapshot:
+        """The snapshot; with ``copy``, one that copies the selection where a reader blocks writers (SQLite
+        outside WAL mode, see :meth:`copy_selection`), if it can."""
         root = engine.connect()
         try:
             conn = root
             if root.dialect.name == "postgresql":
                 conn = root.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            copying = copy and _attach_copy(root)
             transaction = conn.begin()
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(_no_timeouts(conn.dialect.server_version_info or ()))
@@ -93,12 +84,37 @@ class Snapshot:
                 if not getattr(dbapi_connection, "in_transaction", True):
                     conn.exec_driver_sql("BEGIN")
         except BaseException:
+            with suppress(Exception):
+                _detach_copy(root)
             root.close()
             raise
-        return cls(root, conn, transaction)
+        snapshot = cls(root, conn, transaction)
+        snapshot.copying = copying
+        return snapshot
+
+    def copy_selection(self, request: ExportRequest, *, in_date_order: bool, media: bool) -> int:
+        """Copy the selection's posts (and, with ``media``, its media rows) in export order into the
+        connection's copy database; how many posts. Then :meth:`end` the snapshot and read the copy
+        (:func:`read_batches`, :func:`read_media_rows` with ``from_copy``) with the archive free.
+
+        Where a reader's transaction blocks every writer's commit (SQLite's rollback journal, its default),
+        the snapshot lasts only as long as SQLite takes to copy the rows, in C, into a database of its own
+        (``ATTACH ''``: a temporary file SQLite makes in its temporary directory, SQLITE_TMPDIR or TMPDIR
+        or /var/tmp, and unlinks at once, so nothing is left if the process dies; its pages beyond the
+        cache of 2 MB are on disk, not in memory). That is shorter than skyarchive's own read of the same
+        rows into Python objects (docs/benchmarks.md). The copy stores each value as it is (no column
+        types, so no conversions).
+        """
+        copy_posts, copy_media = _copy_tables()
+        query = _posts_query(request, in_date_order)
+        copied = self.conn.execute(insert(copy_posts).from_select(list(posts_table.columns.keys()), query)).rowcount
+        if media:
+            self.conn.execute(insert(copy_media).from_select(list(media_table.columns.keys()), _media_query(request)))
+        return int(copied)
 
     def end(self, *, complete: bool) -> None:
-        """End the transaction and give the connection back (again: nothing).
+        """End the transaction (again: nothing). Without a copy, give the connection back too; with one, the
+        connection reads the copy until :meth:`close`.
 
         When every row was read (``complete``), nothing the database does now
         can change the export: a failure here (the server dropped the session,
@@ -110,7 +126,10 @@ class Snapshot:
         self._open = False
         ended = False
         try:
-            self._transaction.rollback()
+            if self.copying and complete:
+                self._transaction.commit()  # the copy's rows; the archive itself was only read
+            else:
+                self._transaction.rollback()
             ended = True
         except Exception as exc:
             if complete:
@@ -120,7 +139,84 @@ class Snapshot:
             if not ended:  # not back to the pool as it is: its reset would fail and log again
                 with suppress(Exception):
                     self._root.invalidate()
+            if not ended or not self.copying:
+                self._root.close()
+
+    def close(self, *, complete: bool = False) -> None:
+        """End the transaction if it is open, drop the copy, give the connection back (again: nothing)."""
+        if self._open:
+            self.end(complete=complete)
+        if self._root.closed:
+            return
+        try:
+            self._root.rollback()  # the copy's reads
+            _detach_copy(self._root)
+        except Exception:
+            with suppress(Exception):
+                self._root.invalidate()  # not back to the pool with the copy attached
+        finally:
             self._root.close()
+
+
+#: The schema name of the connection's copy of the selection (see :meth:`Snapshot.copy_selection`).
+COPY_SCHEMA = "export_batching_copy"
+COPIED = (("posts", posts_table), ("media", media_table))
+
+
+def _copy_tables() -> tuple[Table, Table]:
+    """The copy's posts and media tables (for queries: the copy's own columns have no types)."""
+    metadata = MetaData(schema=COPY_SCHEMA)
+    posts, media = (
+        Table(name, metadata, *(Column(column.name, column.type) for column in table.columns)) for name, table in COPIED
+    )
+    return posts, media
+
+
+def _attach_copy(conn: Connection) -> bool:
+    """Attach an empty copy database to ``conn`` where a reader blocks writers and SQLite keeps temporary
+    databases on disk; whether it did. Outside any transaction (ATTACH cannot run in one), on the driver's
+    connection (an engine's ``begin`` events would open one)."""
+    if conn.dialect.name != "sqlite":
+        return False
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    if getattr(dbapi_connection, "in_transaction", True):
+        return False
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            if str(cursor.execute("PRAGMA main.journal_mode").fetchone()[0]).lower() == "wal":
+                return False  # readers do not block writers
+            if _temp_in_memory(cursor):
+                return False  # the copy would be held in memory
+            cursor.execute(f"ATTACH DATABASE '' AS {COPY_SCHEMA}")
+            cursor.execute(f"PRAGMA {COPY_SCHEMA}.journal_mode = OFF")
+            cursor.execute(f"PRAGMA {COPY_SCHEMA}.synchronous = OFF")
+            for name, table in COPIED:
+                columns = ", ".join(f'"{column.name}"' for column in table.columns)
+                cursor.execute(f'CREATE TABLE {COPY_SCHEMA}."{name}" ({columns})')
+        finally:
+            cursor.close()
+    except Exception as exc:  # an older SQLite, a temporary directory that cannot be written: no copy
+        log.info("export_batching: reading the archive without copying it first (%s)", exc)
+        with suppress(Exception):
+            _detach_copy(conn)
+        return False
+    return True
+
+
+def _temp_in_memory(cursor: Any) -> bool:
+    """Whether SQLite keeps temporary databases in memory (its compile-time TEMP_STORE, and the pragma)."""
+    options = [row[0] for row in cursor.execute("PRAGMA compile_options").fetchall()]
+    compiled = next((int(o.partition("=")[2]) for o in options if o.startswith("TEMP_STORE=")), 1)
+    pragma = int(cursor.execute("PRAGMA temp_store").fetchone()[0])
+    return compiled == 3 or (compiled == 2 and pragma != 1) or (compiled == 1 and pragma == 2)
+
+
+def _detach_copy(conn: Connection) -> None:
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    names = [row[1] for row in dbapi_connection.execute("PRAGMA database_list").fetchall()]
+    if COPY_SCHEMA in names:
+        dbapi_connection.execute(f"DETACH DATABASE {COPY_SCHEMA}")
 
 
 def _no_timeouts(server_version: tuple[Any, ...]) -> str:
@@ -230,6 +326,7 @@ def read_batches(
     max_batch_bytes: int,
     expected: int,
     in_date_order: bool = False,
+    from_copy: bool = False,
 ) -> Generator[Batch, None, None]:
     """Yield the selection's posts in batches of ``batch_size``, from one streamed query.
 
@@ -239,9 +336,10 @@ def read_batches(
     any larger row seen and halves after each fetch of smaller ones, so fetch
     sizes double back up after a large post. If the stream ends before
     ``expected`` posts, a warning is logged and the export ends with what was read. ``in_date_order``:
-    see :func:`_in_date_order` (SQLite).
+    see :func:`_in_date_order` (SQLite). ``from_copy``: from the snapshot's copy of the selection
+    (:meth:`Snapshot.copy_selection`), in the order it was copied.
     """
-    query = _posts_query(request, in_date_order)
+    query = _copy_query(0) if from_copy else _posts_query(request, in_date_order)
     batches = batches_of_stream(
         partial(open_stream, conn, query, batch_size=batch_size),
         batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
@@ -249,15 +347,6 @@ def read_batches(
     if conn.dialect.driver in SERVER_CURSOR_DRIVERS:
         batches = prefetched(batches)
     return batches
-
-
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, (str, bytes)) else 0
-
-
-def row_size(row: Sequence[Any]) -> int:
-    """A row's stored size for the byte budget: its text, embed and labels."""
-    return _size(row[_TEXT]) + _size(row[_EMBED]) + _size(row[_LABELS])
 
 
 def batches_of_stream(
@@ -308,16 +397,27 @@ def _batches_of(
     return offset
 
 
-def read_media_rows(
-    conn: Connection, request: ExportRequest, *, chunk: int = 1000
-) -> Generator[list[tuple[Any, ...]], None, None]:
-    """The selection's media rows in the host's order (the posts' order, then hash), ``chunk`` at a time."""
-    stmt = (
+def _media_query(request: ExportRequest) -> Select[Any]:
+    return (
         select(*media_table.columns)
         .join(posts_table, media_table.c.post_uri == posts_table.c.uri)
         .where(*selection_criteria(request))
         .order_by(*POST_ORDER, media_table.c.hash)
     )
+
+
+def _copy_query(table: int) -> Select[Any]:
+    """The copy's posts (0) or media rows (1), in the order they were copied."""
+    copied = _copy_tables()[table]
+    return select(*copied.columns).order_by(literal_column("rowid"))
+
+
+def read_media_rows(
+    conn: Connection, request: ExportRequest, *, chunk: int = 1000, from_copy: bool = False
+) -> Generator[list[tuple[Any, ...]], None, None]:
+    """The selection's media rows in the host's order (the posts' order, then hash), ``chunk`` at a time
+    (``from_copy``: from the snapshot's copy, see :meth:`Snapshot.copy_selection`)."""
+    stmt = _copy_query(1) if from_copy else _media_query(request)
     stream = open_stream(conn, stmt, batch_size=chunk)
     try:
         while rows := stream.fetchmany(chunk):

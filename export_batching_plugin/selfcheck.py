@@ -20,8 +20,6 @@ from . import host
 from .csvlines import LinesEncoder
 from .encoding import (
     CSV_15,
-    LARGE_RECORD,
-    BatchEncoder,
     Encoders,
     Post,
     csv_lines_encoder,
@@ -32,7 +30,8 @@ from .encoding import (
     json_batch_encoder,
     jsonl_batch_encoder,
 )
-from .reading import row_size
+from .jsonenc import LARGE_RECORD, BatchEncoder
+from .rows import row_size
 
 
 def make_encoders() -> Encoders:
@@ -52,7 +51,10 @@ def make_encoders() -> Encoders:
             fast_jsonl = jsonl_batch_encoder(per_post) if per_post.jsonl_options is not None else None
             reason = self_check(per_post, fast_json, fast_csv, fast_jsonl)
             if reason is None:
-                return Encoders(fast_json, fast_csv, header, jsonl=fast_jsonl, fields=fields)
+                return Encoders(
+                    fast_json, fast_csv, header, jsonl=fast_jsonl, fields=fields,
+                    json_options=per_post.json_options, jsonl_options=per_post.jsonl_options,
+                )  # fmt: skip
     host_jsonl = host_jsonl_encoder(per_post) if per_post.jsonl_options is not None else None
     return Encoders(
         host_json_encoder(per_post), host_csv_lines(per_post), header, jsonl=host_jsonl, fallback_reason=reason

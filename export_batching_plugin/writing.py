@@ -24,11 +24,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .encoding import BatchEncoder, Encoders
+from .jsonenc import BatchEncoder
 from .output import Output
-from .reading import Batch
+from .rows import Batch
+
+if TYPE_CHECKING:  # not imported at run time: the encoder process imports this module without the host
+    from .encoding import Encoders
 
 
 class PostsWriter(ABC):

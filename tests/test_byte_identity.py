@@ -125,7 +125,7 @@ def test_large_posts_take_the_same_bytes(tmp_path: Path, format: str) -> None:
 @pytest.mark.parametrize("runs_per_batch", [2, 6])
 def test_runs_longer_than_the_encoder_run_take_the_same_bytes(tmp_path: Path, runs_per_batch: int, format: str) -> None:
     """Records are encoded in runs of about RUN_BYTES; a batch of many mid-size posts spans several runs."""
-    from export_batching_plugin.encoding import LARGE_RECORD, RUN_BYTES
+    from export_batching_plugin.jsonenc import LARGE_RECORD, RUN_BYTES
 
     size = LARGE_RECORD // 2
     per_run = RUN_BYTES // size  # mid-size posts in one run

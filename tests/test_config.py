@@ -16,14 +16,17 @@ from .conftest import DID, HOST_VERSION, ArchiveFolder
 
 def test_defaults() -> None:
     assert parse_settings({}) == Settings(
-        threshold=5000, batch_size=1000, max_batch_bytes=16 * 1024 * 1024, progress_interval=5.0, checksums=False
-    )
+        threshold=5000, batch_size=1000, max_batch_bytes=16 * 1024 * 1024, progress_interval=5.0, checksums=False,
+        encoder_process=True,
+    )  # fmt: skip
 
 
 def test_valid_values_are_kept() -> None:
-    table = {"threshold": 0, "batch_size": 1, "max_batch_bytes": 4096, "progress_interval": 1, "checksums": True}
+    table = {"threshold": 0, "batch_size": 1, "max_batch_bytes": 4096, "progress_interval": 1, "checksums": True,
+             "encoder_process": False}  # fmt: skip
     settings = parse_settings(table)
-    assert settings == Settings(threshold=0, batch_size=1, max_batch_bytes=4096, progress_interval=1.0, checksums=True)
+    assert settings == Settings(threshold=0, batch_size=1, max_batch_bytes=4096, progress_interval=1.0, checksums=True,
+                                encoder_process=False)  # fmt: skip
     assert isinstance(settings.progress_interval, float)
 
 

@@ -95,6 +95,8 @@ READ_BATCH = (
 LOST = r"\(builtins.Exception\) server closed the connection unexpectedly"
 # (owner, attribute, error, how to wrap, what the error must say): each is one kind of operation of the batched path.
 OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[..., Any], str]] = {
+    "copy the selection": (reading.Snapshot, "copy_selection", connection_lost, same,
+                           rf"reading the selection failed: {LOST}"),
     "read media rows": (batched, "read_media_rows", connection_lost, same, rf"reading the media rows failed: {LOST}"),
     "fetch posts": (reading, "open_stream", connection_lost, faulty_stream, rf"{READ_BATCH} failed: {LOST}"),
     "write posts": (writing.JsonWriter, "write_batch", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected"),

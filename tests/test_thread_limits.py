@@ -74,7 +74,10 @@ def failing_starts(monkeypatch: pytest.MonkeyPatch, pattern: str) -> list[str]:
 
 
 def open_fds() -> set[str]:
-    """This process's open files, as ``fd -> target`` (the listing's own fd, gone once listed, left out)."""
+    """This process's open files, as ``fd -> target`` (the listing's own fd, gone once listed, left out).
+
+    Compared as ``open_fds() <= before``: nothing the export opened stays open (files that earlier tests left
+    to the garbage collector may close meanwhile)."""
     found = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -149,7 +152,7 @@ def test_the_export_does_the_work_itself(
     assert plugin.events[0] == (0, 45) and plugin.events[-1] == (45, 45)
     assert list(tmp_path.rglob("*.staging-*")) == []
     assert_let_go(checkouts, db)
-    assert open_fds() == fds
+    assert open_fds() <= fds
 
 
 @pytest.mark.parametrize("which", ["every thread", "the second media worker"])
@@ -182,7 +185,7 @@ def test_a_failure_without_threads_still_unwinds_everything(
     assert str(failure).startswith("writing batch 3 (posts 21-30) failed: disk full: ")
     assert not any(".staging-" in p.name for p in (tmp_path / "out").rglob("*"))
     assert_let_go(checkouts, db)
-    assert open_fds() == fds
+    assert open_fds() <= fds
 
 
 @pytest.mark.slow
@@ -228,7 +231,7 @@ def test_on_postgresql_too(pg_url: str, tmp_path: Path, monkeypatch: pytest.Monk
             assert plugin.posts_bytes == host.posts_bytes
             assert media_files(plugin) == media_files(host)
             assert_let_go(checkouts, None)
-            assert open_fds() == fds
+            assert open_fds() <= fds
         assert refused
     finally:
         engine.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from export_batching_plugin import batched, output, reading
+from export_batching_plugin import batched, output, reading, spoolfile
 
 from .harness import FORMATS, export, insert_rows, make_engine, post_row
 
@@ -129,16 +130,16 @@ def test_the_spool_gives_space_back_and_keeps_the_order(tmp_path: Path, monkeypa
 
 def test_the_spool_is_never_held_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """TMPDIR on a tmpfs (memory): the spool goes beside the export instead; elsewhere, TMPDIR."""
-    monkeypatch.setattr(output.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    monkeypatch.setattr(output, "filesystem_type", lambda path: "tmpfs")
-    assert output.spool_directory(tmp_path / "exports") == tmp_path / "exports"
-    monkeypatch.setattr(output, "filesystem_type", lambda path: "ext4")
-    assert output.spool_directory(tmp_path / "exports") == tmp_path / "tmp"
+    monkeypatch.setattr(spoolfile.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(spoolfile, "filesystem_type", lambda path: "tmpfs")
+    assert spoolfile.spool_directory(tmp_path / "exports") == tmp_path / "exports"
+    monkeypatch.setattr(spoolfile, "filesystem_type", lambda path: "ext4")
+    assert spoolfile.spool_directory(tmp_path / "exports") == tmp_path / "tmp"
 
 
 def test_the_filesystem_type_is_read_from_the_mounts() -> None:
-    assert output.filesystem_type(Path("/proc/self")) == "proc"
-    assert output.filesystem_type(Path("/")) not in (None, "proc")
+    assert spoolfile.filesystem_type(Path("/proc/self")) == "proc"
+    assert spoolfile.filesystem_type(Path("/")) not in (None, "proc")
 
 
 def test_a_full_spool_disk_names_the_spool(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +149,8 @@ def test_a_full_spool_disk_names_the_spool(engine: Any, tmp_path: Path, monkeypa
     calls: list[int] = []
 
     def pwritev(fd: int, buffers: Any, offset: int) -> int:
+        if sys._getframe(1).f_globals["__name__"] != output.__name__:  # the row spool's, say
+            return original(fd, buffers, offset)
         calls.append(1)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")

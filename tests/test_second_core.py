@@ -1,0 +1,259 @@
+"""Encoding on the second core: the encoder process (export_batching_plugin/encoder.py) encodes and writes
+posts.json and posts.jsonl from the row spool while the export reads, outside the read snapshot.
+
+The same bytes as the host's; its failures told as the export's own (the batch, the file as the user knows
+it); where it cannot start, the export encodes the spool itself; and it never outlives the export.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skyarchive.export
+
+from export_batching_plugin import batched, offload, rows
+from export_batching_plugin.batched import ExportFailed, Span
+
+from .differential import fill, run_both
+from .harness import export, make_engine
+
+JSON_FORMATS = [f for f in skyarchive.export.FORMATS if f != "csv"]
+
+
+@pytest.fixture(autouse=True)
+def always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every selection here is large enough for the encoder process."""
+    monkeypatch.setattr(batched, "OFFLOAD_POSTS", 0)
+
+
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The encoder processes the exports start (each an Offload)."""
+    seen: list[Any] = []
+    original = offload.Offload.start.__func__  # type: ignore[attr-defined]
+
+    def start(cls: type, **kwargs: Any) -> Any:
+        made = original(cls, **kwargs)
+        seen.append(made)
+        return made
+
+    monkeypatch.setattr(offload.Offload, "start", classmethod(start))
+    return seen
+
+
+def children() -> list[int]:
+    """This process's children that are encoder processes, still running."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"export_batching_plugin.encoder" in cmdline:
+                found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("format", JSON_FORMATS)
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_the_same_bytes_as_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str, batch_size: int
+) -> None:
+    processes = started(monkeypatch)
+    engine = make_engine(tmp_path / "a.db")
+    templates = [
+        {"text": 'a "quote", a comma\nLF', "embed_data": '{"images": [{"fullsize": "x/bafk@jpeg"}], "n": 1e-07}'},
+        {"text": "👩‍👩‍👧 \u2028", "labels": '[{"val": "spam"}]', "like_count": 2**63 - 1},
+        {"text": None, "embed_data": '{"big": 123456789012345678901234}', "reply_parent": "at://r"},
+        {"text": "x" * 70_000},
+    ]
+    fill(engine, templates, 150)
+    run_both(engine, tmp_path, batch_size=batch_size, format=format)
+    engine.dispose()
+    assert processes and all(p is not None for p in processes), "the encoder process should have run"
+    assert children() == []
+
+
+@pytest.mark.parametrize("format", JSON_FORMATS)
+def test_checksums_come_from_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str) -> None:
+    started(monkeypatch)
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "é"}, {"embed_data": '{"a": 1}'}], 300)
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 50, "checksums": True},
+                     format=format)  # fmt: skip
+    engine.dispose()
+    assert outcome.result is not None, outcome.error
+    check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=outcome.result.export_dir, check=False)
+    assert check.returncode == 0
+
+
+def test_a_post_that_is_not_json_fails_as_with_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    processes = started(monkeypatch)
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "ok"}, {"text": "ok"}, {"embed_data": "{not json"}], 30)
+    run_both(engine, tmp_path, batch_size=4, format="json")
+    plugin = export(engine, tmp_path / "again", settings={"threshold": 0, "batch_size": 4})
+    engine.dispose()
+    assert processes[0] is not None
+    failure = plugin.error
+    assert isinstance(failure, ExportFailed) and failure.phase == "writing" and failure.batch is not None
+    assert "embed_data is not valid JSON" in str(failure)
+
+
+def test_a_full_disk_in_the_encoder_names_the_batch_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder process writes posts.json: a disk that fills up (a real 1 MiB tmpfs) is told as the export's."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=False).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        processes = started(monkeypatch)
+        engine = make_engine(tmp_path / "a.db")
+        fill(engine, [{"text": "x" * 3000}], 1000)
+        outcome = export(engine, mount, settings={"threshold": 0, "batch_size": 50})
+        engine.dispose()
+        assert processes[0] is not None
+        failure = outcome.error
+        assert isinstance(failure, ExportFailed), failure
+        assert failure.phase == "writing" and isinstance(failure.batch, Span), failure
+        assert "disk full: " in str(failure) and str(failure).endswith("/posts.json"), failure
+        assert ".staging-" not in str(failure)
+        assert not any(".staging-" in p.name for p in mount.rglob("*"))
+        assert children() == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_an_encoder_that_is_killed_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed once it has written posts (before that, the export would encode itself)."""
+    processes = started(monkeypatch)
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "x"}], 4000)
+    killed: list[int] = []
+
+    def kill(done: int, total: int) -> None:  # the host's channel: called as the encoder reports posts written
+        if 0 < done < total and not killed:
+            killed.extend(children())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 20}, listener=kill)
+    engine.dispose()
+    assert processes[0] is not None and killed
+    assert isinstance(outcome.error, ExportFailed), outcome.error
+    assert "the export's encoder process ended (killed by signal 9)" in str(outcome.error)
+    assert not any(".staging-" in p.name for p in (tmp_path / "out").rglob("*"))
+    assert children() == []
+
+
+@pytest.mark.parametrize("how", ["no process", "not ready"])
+def test_without_an_encoder_the_export_encodes_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "no process":
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")  # as fork fails under a task limit
+
+        monkeypatch.setattr(offload.subprocess, "Popen", refuse)
+    else:  # an interpreter that cannot run the encoder: it exits before it is ready
+        monkeypatch.setattr(offload.sys, "executable", "/bin/false")
+        monkeypatch.setattr(offload, "READY_TIMEOUT", 2.0)
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "é"}, {"embed_data": '{"a": [1, 2]}'}], 120)
+    run_both(engine, tmp_path, batch_size=25, format="json")
+    engine.dispose()
+    assert children() == []
+
+
+def test_a_failed_export_stops_its_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while reading (the database gone, say): the encoder is stopped and reaped, nothing is left."""
+    processes = started(monkeypatch)
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "x"}], 300)
+    original = rows.RowSpool.put
+
+    def put(self: rows.RowSpool, batch: Any) -> None:
+        if batch.number == 5:
+            raise OSError(errno.EIO, "Input/output error", "the archive")
+        original(self, batch)
+
+    monkeypatch.setattr(rows.RowSpool, "put", put)
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 20})
+    engine.dispose()
+    assert processes[0] is not None
+    assert isinstance(outcome.error, ExportFailed) and outcome.error.phase == "reading", outcome.error
+    assert children() == []
+    assert not any(".staging-" in p.name for p in (tmp_path / "out").rglob("*"))
+
+
+def test_the_encoder_goes_when_the_export_process_dies(tmp_path: Path) -> None:
+    """The export killed outright (SIGKILL, OOM): its encoder process notices and ends; nothing runs on."""
+    engine = make_engine(tmp_path / "skyarchive.db")
+    fill(engine, [{"text": "x" * 200}], 20_000)
+    engine.dispose()
+    script = (
+        "import sys, time\n"
+        "from export_batching_plugin import rows\n"
+        "original = rows.RowSpool.put\n"
+        "def put(self, batch):\n"
+        "    original(self, batch)\n"
+        "    if batch.number == 2:\n"
+        "        print('spooling', flush=True); time.sleep(60)\n"
+        "rows.RowSpool.put = put\n"
+        "from skyarchive.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    (tmp_path / "skyarchive.toml").write_text(
+        '[plugins]\nenabled = ["export_batching"]\n[plugins.export_batching]\nthreshold = 0\nbatch_size = 100\n',
+        encoding="utf-8",
+    )
+    export_process = subprocess.Popen(
+        [sys.executable, "-c", script, "export", "--did", "did:plc:owner", "--format", "json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert export_process.stdout is not None
+    assert export_process.stdout.readline().strip() == "spooling"
+    encoders = [pid for pid in all_encoders() if parent_of(pid) == export_process.pid]
+    assert encoders, "the export should have started its encoder"
+    export_process.kill()
+    export_process.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in encoders) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in encoders), "the encoder must not outlive the export"
+
+
+def all_encoders() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if b"export_batching_plugin.encoder" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
