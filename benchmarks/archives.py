@@ -1,7 +1,14 @@
 """The archives: ``<workdir>/archive-<size>[-media1].db``, seeded by ``skyarchive seed`` (deterministic), and
 its PostgreSQL twin ``skyarchive_bench_<size>[_media1]``, made by ``skyarchive init`` and filled from the SQLite
-file by ``COPY … FROM STDIN`` (psycopg 3), far faster than seeding row by row. Each is reused while its counts
-(posts, posts of the DID, media rows = files in its media folder) are right.
+file by ``COPY … FROM STDIN`` in rowid order (psycopg 3), far faster than seeding row by row.
+
+The ``oldest-first`` layout, ``<workdir>/archive-<size>-oldest.db`` (PostgreSQL: ``skyarchive_bench_<size>_oldest``,
+copied from it as above): the posts of the seeded archive of that size, but every 4th row by rowid that has no
+embed given an image embed (``embed_type = 'images'``, an ``embed_data`` as Bluesky's, alt text of realistic
+length; no media rows), inserted oldest first (``ORDER BY created_at ASC, uri DESC``) as an archiver appends
+them: ``skyarchive init`` of a scratch file, then sqlite3 attaches the seeded file and runs OLDEST_FIRST_SQL,
+then ``ANALYZE``, and the file is renamed into place. Each archive is reused while its counts (posts, posts of
+the DID, media rows = files in its media folder) are right.
 """
 
 from __future__ import annotations
@@ -14,17 +21,92 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .contenders import MEDIA_EVERY, POSTGRESQL, SQLITE, Archive, Case
+from .contenders import MEDIA_EVERY, OLDEST_FIRST, POSTGRESQL, SQLITE, Archive, Case
 
 Log = Callable[[str], None]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
 TABLES = ("posts", "media")  # in foreign-key order
 COUNTS = "SELECT count(*), sum(CASE WHEN did = {} THEN 1 ELSE 0 END), (SELECT count(*) FROM media) FROM posts"
+#: The oldest-first layout: every IMAGE_EVERY-th row (by the seeded file's rowid) without an embed gets images.
+IMAGE_EVERY = 4
+#: Its image embeds' alt texts and sizes (an alt text is 0 to 2,000 characters on Bluesky; these run 60-420).
+ALT_TEXTS = (
+    ("A cup of coffee on a wooden table next to an open notebook, morning light from the window.", 1000, 750),
+    (
+        "Screenshot of a terminal window. The command 'skyarchive export --format json' is running and a progress "
+        "line reads: exported 41,250 of 118,400 posts. Below it, a second window shows the archive folder with "
+        "several dated export directories.",
+        1200,
+        675,
+    ),
+    (
+        "Cherry blossoms along the river in Tokyo, people walking under the trees; a small boat passes under a "
+        "stone bridge.",
+        750,
+        1000,
+    ),
+    (
+        "Chart: posts per month from 2023 to 2025, rising from about 200 to 1,400, with a dip in August 2024 "
+        "marked \u201choliday\u201d.",
+        800,
+        800,
+    ),
+    (
+        "Hand-drawn diagram on a whiteboard: three boxes labelled 'reader', 'encoder' and 'writer' joined by "
+        "arrows; under the writer box someone wrote 'spool (unnamed file)' and circled it twice. In the corner, "
+        "a sticky note says: do not hold the read lock while the disk is slow! Next to it, a list of numbers: "
+        "5 s busy timeout, 0.1 s per insert, 1,000 posts per batch. The photo is slightly blurred at the "
+        "edges and the glare from the ceiling lights hides part of the top arrow.",
+        2000,
+        1500,
+    ),
+    ("My cat asleep on the keyboard \U0001f63a, paws over the space bar, the screen full of letters.", 640, 960),
+)
+
+
+def oldest_first_sql(columns: Sequence[str]) -> str:
+    """The INSERT that fills an oldest-first archive from the seeded one (attached as ``src``) with ``columns``."""
+    image = f"p.rowid % {IMAGE_EVERY} = 0 AND p.embed_type IS NULL"
+    url = "'https://cdn.bsky.app/img/feed_{}/plain/' || p.did || '/bafkrei' || substr(p.cid, 8) || '@jpeg'"
+    embed = (
+        "json_object('images', json_array(json_object('alt', a.alt, 'aspectRatio', json_object('height', a.height, "
+        f"'width', a.width), 'fullsize', {url.format('fullsize')}, 'thumb', {url.format('thumbnail')})))"
+    )
+    values = {
+        "embed_type": f"CASE WHEN {image} THEN 'images' ELSE p.embed_type END",
+        "embed_data": f"CASE WHEN {image} THEN {embed} ELSE p.embed_data END",
+        "has_media": f"CASE WHEN {image} THEN 1 ELSE p.has_media END",
+    }
+    alts = ", ".join(f"({n}, {sql_text(alt)}, {width}, {height})" for n, (alt, width, height) in enumerate(ALT_TEXTS))
+    return (
+        f"WITH alts(n, alt, width, height) AS (VALUES {alts}) INSERT INTO posts ({', '.join(columns)}) "
+        f"SELECT {', '.join(values.get(c, f'p.{c}') for c in columns)} FROM src.posts p "
+        f"JOIN alts a ON a.n = p.rowid / {IMAGE_EVERY} % {len(ALT_TEXTS)} ORDER BY p.created_at ASC, p.uri DESC"
+    )
+
+
+LAYOUT_MADE = (
+    f"skyarchive init, then sqlite3: ATTACH the seeded file, INSERT INTO posts SELECT … (every {IMAGE_EVERY}th row "
+    "by rowid without an embed given an image embed) ORDER BY created_at ASC, uri DESC, then ANALYZE"
+)
+
+
+def posts_columns(db: Path) -> list[str]:
+    """The columns of the posts table of the SQLite archive ``db``, in schema order."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        columns = [str(row[1]) for row in conn.execute("PRAGMA table_info(posts)")]
+    conn.close()
+    return columns
+
+
+def sql_text(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 class BenchmarkError(Exception):
@@ -55,6 +137,7 @@ def probe_postgresql(pg: str) -> str:
 def locate(case: Case, workdir: Path, pg: str) -> Archive:
     """Where the archive of ``case`` lives (whether or not it exists yet)."""
     name = f"archive-{case.size}" + (f"-media{MEDIA_EVERY}" if case.media else "")
+    name += "-oldest" if case.layout == OLDEST_FIRST else ""
     media_dir = workdir / f"{name}.media"
     if case.backend == POSTGRESQL:
         uri = f"{pg}/skyarchive_bench_" + name.removeprefix("archive-").replace("-", "_")
@@ -116,12 +199,32 @@ def copy_into_postgresql(source: Archive, archive: Archive, *, pg: str, python: 
         psycopg().connect(archive.location) as conn,
     ):
         for table in TABLES:
-            rows = src.execute(f"SELECT * FROM {table}")
+            rows = src.execute(f"SELECT * FROM {table} ORDER BY rowid")
             columns = ", ".join(d[0] for d in rows.description)
             with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:  # SQLite's 0 and 1 are valid boolean input
                     copy.write_row(row)
         conn.execute("ANALYZE")
+
+
+def make_oldest_first(source: Archive, archive: Archive, *, python: str) -> None:
+    """Make the oldest-first SQLite archive from the seeded one (see the module's docstring)."""
+    db, partial = Path(archive.location), Path(archive.location).with_suffix(".partial.db")
+    for stale in (db, partial):
+        stale.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:  # for the media and exports folders that init makes
+        skyarchive_cli(python, "--db", f"sqlite:///{partial}", "init", cwd=Path(scratch))
+    conn = sqlite3.connect(partial, isolation_level=None)
+    try:
+        conn.execute("ATTACH DATABASE ? AS src", (str(source.location),))
+        conn.execute("BEGIN")
+        conn.execute(oldest_first_sql(posts_columns(Path(source.location))))
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE src")
+        conn.execute("ANALYZE")
+    finally:
+        conn.close()
+    os.replace(partial, db)
 
 
 def timed(log: Log, what: str, make: Callable[..., None], *args: Any, **kwargs: Any) -> float:
@@ -137,17 +240,24 @@ def ensure_archive(
 ) -> tuple[Archive, dict[str, Any]]:
     """The archive of ``case``, made unless reused, and how its rows were made (``*_s``: seconds; None: reused)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    source, archive = locate(Case(SQLITE, case.size, case.media), workdir, pg), locate(case, workdir, pg)
+    seeded = locate(Case(SQLITE, case.size, case.media), workdir, pg)
+    source, archive = locate(Case(SQLITE, case.size, case.media, case.layout), workdir, pg), locate(case, workdir, pg)
     seed = f"seed --posts {case.size} --did {did} --seed 0 --media-every {MEDIA_EVERY * case.media}".split()
-    made: dict[str, Any] = {**asdict(case), "rows": f"skyarchive {shlex.join(seed)}", "sqlite": source.location}
-    made["seed_s"] = None if is_complete(source, did) else timed(
-        log, f"{source.location}: seeding", seed_sqlite, source, seed, python=python
+    made: dict[str, Any] = {**asdict(case), "rows": f"skyarchive {shlex.join(seed)}", "sqlite": seeded.location}
+    made["seed_s"] = None if is_complete(seeded, did) else timed(
+        log, f"{seeded.location}: seeding", seed_sqlite, seeded, seed, python=python
     )  # fmt: skip
+    if source != seeded:
+        made |= {"layout_sqlite": source.location, "layout_made": LAYOUT_MADE}
+        made["layout_sql"] = oldest_first_sql(posts_columns(Path(seeded.location)))
+        made["layout_s"] = None if is_complete(source, did) else timed(
+            log, f"{source.location}: making the {case.layout} layout", make_oldest_first, seeded, source, python=python
+        )  # fmt: skip
     if archive != source:
         made |= {"postgresql": archive.location, "copy": f"skyarchive init, then COPY {', '.join(TABLES)} FROM STDIN"}
         made["copy_s"] = None if is_complete(archive, did) else timed(
             log, f"{archive.location}: copying the rows", copy_into_postgresql, source, archive, pg=pg, python=python
         )  # fmt: skip
-    reused = made["seed_s"] is None and made.get("copy_s") is None
+    reused = made["seed_s"] is None and made.get("layout_s") is None and made.get("copy_s") is None
     log(f"{archive.location}: {'reused' if reused else 'ready'} ({case.size:,} posts)")
     return archive, made

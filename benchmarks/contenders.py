@@ -1,4 +1,13 @@
-"""The backends, the cases and the contenders, as data; the exact command each contender runs (no I/O)."""
+"""The backends, the cases, the run conditions and the contenders, as data; the exact command each contender runs
+(no I/O).
+
+A case is an archive: a backend, a size, the media case or not, and a layout (``seeded``: as ``skyarchive seed``
+writes it, newest post first; ``oldest-first``: the same posts, every 4th without an embed given an image embed
+(21.5% of them at 100,000 posts), inserted oldest first as an archiver appends them). Each run of a case also has
+a condition: the OS page cache of the archive ``warm`` or ``cold`` (evicted right before the run; SQLite only),
+and the export folder on a ``normal`` or a ``slow`` disk (the slowdisk shim; only the contenders whose ``disks``
+include it).
+"""
 
 from __future__ import annotations
 
@@ -21,15 +30,37 @@ MILLION = 1_000_000
 #: The media case: every post has images (``seed --media-every 1``) and the exports copy them (``--media``).
 MEDIA_EVERY = 1
 DEFAULT_MEDIA_POSTS = 6_000
+#: The archive layouts (see archives.py for how each is made); the media case is always seeded.
+SEEDED, OLDEST_FIRST = "seeded", "oldest-first"
+LAYOUTS = (SEEDED, OLDEST_FIRST)
+#: The page cache of the archive before a run, and the disk the export folder is on.
+WARM, COLD = "warm", "cold"
+CACHES = (WARM, COLD)
+NORMAL, SLOW = "normal", "slow"
+DISKS = (NORMAL, SLOW)
+#: The DID the archiver (benchmarks/archiver.py) posts as during the runs: not the exported one, so that the
+#: export's selection does not change.
+ARCHIVER_DID = "did:plc:benchmarkarchiver"
+#: ``--since`` of plugin-empty: after every post, so that the selection is empty.
+EMPTY_SINCE = "2100-01-01"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One archive: a backend, a size, and whether its posts have media files that the exports copy."""
+    """One archive: a backend, a size, whether its posts have media files that the exports copy, its layout."""
 
     backend: str
     size: int
     media: bool = False
+    layout: str = SEEDED
+
+
+@dataclass(frozen=True)
+class Condition:
+    """How one run finds the machine: the archive's page cache (``warm``/``cold``), the export's disk."""
+
+    cache: str = WARM
+    disk: str = NORMAL
 
 
 @dataclass(frozen=True)
@@ -67,7 +98,10 @@ class Contender:
 
     One with a ``config`` is skyarchive, run with that text after ``media_dir`` in its config file: it
     copies media in the media case, and its manifest's exporter must start with ``exporter``. Any other
-    writes the posts to its stdout.
+    writes the posts to its stdout. ``disks``: the disks its export folder is put on (``slow`` only with
+    ``--slow-disk``; the peers write to their stdout, which the slowdisk shim cannot slow: see slowdisk.py).
+    ``same_output``: its posts file must equal that of every other skyarchive run of the same archive and
+    format (False: it exports another selection, and may write an empty file).
     """
 
     name: str
@@ -77,6 +111,8 @@ class Contender:
     tool: str = "python"  # the executable, found by find_tool
     config: str | None = None
     exporter: str | None = None
+    disks: tuple[str, ...] = (NORMAL,)
+    same_output: bool = True
 
     @property
     def is_skyarchive(self) -> bool:
@@ -122,6 +158,11 @@ def skyarchive(python: str, job: Job) -> list[str]:
     ]  # fmt: skip
 
 
+def skyarchive_empty(python: str, job: Job) -> list[str]:
+    """``skyarchive export`` of an empty selection (``--since EMPTY_SINCE``): start-up and the process baseline."""
+    return [*skyarchive(python, job), "--since", EMPTY_SINCE]
+
+
 def psql(exe: str, job: Job, *args: str) -> list[str]:
     """``psql`` on the archive, stopping at the first error, with ``args``."""
     return [exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", job.archive.location, *args]
@@ -129,11 +170,15 @@ def psql(exe: str, job: Job, *args: str) -> list[str]:
 
 CONTENDERS = (
     # skyarchive alone (the host's in-memory exporter), then with the plugin on for every size.
-    Contender("host", BACKENDS, FORMATS, skyarchive, config="", exporter="skyarchive"),
-    Contender("plugin", BACKENDS, FORMATS, skyarchive, config=plugin_config(threshold=0), exporter="export_batching"),
+    Contender("host", BACKENDS, FORMATS, skyarchive, config="", exporter="skyarchive", disks=DISKS),
+    Contender("plugin", BACKENDS, FORMATS, skyarchive, config=plugin_config(threshold=0), exporter="export_batching",
+              disks=DISKS),
     # A variant is one more entry (and a Ratio in report.RATIOS to compare it):
     Contender("plugin-checksums", BACKENDS, FORMATS, skyarchive,
-              config=plugin_config(threshold=0, checksums=True), exporter="export_batching"),
+              config=plugin_config(threshold=0, checksums=True), exporter="export_batching", disks=DISKS),
+    # The plugin exporting nothing: its peak RSS is the process baseline, its time the start-up cost.
+    Contender("plugin-empty", BACKENDS, FORMATS, skyarchive_empty, config=plugin_config(threshold=0),
+              exporter="export_batching", same_output=False),
     # The peers and floors: the same rows in the same order, to stdout.
     Contender("sqlite-utils", (SQLITE,), FORMATS, tool="sqlite-utils",
               command=lambda exe, job: [exe, "query", job.archive.location, job.sql, *["--csv"] * (job.fmt == "csv")]),

@@ -1,29 +1,58 @@
 """From raw measurements to tables, derived figures and Markdown (pure functions, no I/O).
 
 Every backend and case goes through the same machinery: the measurements fall into tables, one per
-(backend, media case or not, format); a table has a row per archive size, a pair of columns (median s,
-median MB) per contender measured in it, and a column per ratio of RATIOS that applies to it and has values.
+(backend, media case or not, layout, cache, disk, format); a table has a row per archive size, a pair of
+columns (median s, median MB) per contender measured in it, a column per ratio of RATIOS that applies to it
+and has values, and, where measured, the read transaction of the host and the plugin (median s), what the
+archiver went through during their runs (the most errors, the longest wait over the repeats), the plugin's
+spool (median MB), and on a cold cache how much of the archive was still cached before the runs (at most).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .contenders import BACKEND_TITLES, BACKENDS, BY_NAME, FORMATS, POSTGRESQL, SQLITE
+from .contenders import (
+    BACKEND_TITLES,
+    BACKENDS,
+    BY_NAME,
+    CACHES,
+    COLD,
+    DISKS,
+    FORMATS,
+    LAYOUTS,
+    NORMAL,
+    POSTGRESQL,
+    SEEDED,
+    SQLITE,
+    WARM,
+)
 
 DASH = "—"
 #: The reference sizes of the derived figures (time per post, RSS) when measured; else the smallest of 5,000 or more.
 SCALING_REFERENCE, RSS_REFERENCE, REFERENCE_MIN = 50_000, 10_000, 5_000
-Table = tuple[str, bool, str]  # (backend, media case, format)
-Key = tuple[str, bool, str, int, str]  # (backend, media case, format, size, contender)
+#: Up to this size, the ratios to the floors are also given net of the empty export's time (start-up dominates).
+NET_MAX_SIZE = 100_000
+#: The empty export (its peak RSS is the process baseline), and how far above it the plugin may go (MB).
+BASELINE, RSS_OVER_BASELINE_MB = "plugin-empty", 16.0
+#: Whose read transaction and archiver figures the tables show and the derived figures compare.
+LOCKERS = ("host", "plugin")
+WALL, READ_TXN = "wall", "read txn"
+Table = tuple[str, bool, str, str, str, str]  # (backend, media case, layout, cache, disk, format)
+Key = tuple[str, bool, str, str, str, str, int, str]  # Table + (size, contender)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One run of one contender on one archive (backend, size, media case) and format."""
+    """One run of one contender on one archive (backend, size, media case, layout), cache, disk and format.
+
+    ``resident_before``: the fraction of the SQLite file cached just before the run. ``lock_*``: SQLite's
+    SHARED lock held by the export (see measure.py); ``read_txn_*``: its PostgreSQL transactions (see
+    observe.PgTransactions). ``archiver_*``: the archiver's attempts that overlapped the run (observe.py).
+    """
 
     contender: str
     backend: str
@@ -41,11 +70,25 @@ class Measurement:
     exporter: str | None = None  # skyarchive contenders: the manifest's, checked
     media_digest: str | None = None  # the media case: see run.folder_digest
     media_files: int | None = None
+    layout: str = SEEDED
+    cache: str = WARM
+    disk: str = NORMAL
+    resident_before: float | None = None
+    spool_peak_mb: float | None = None
+    lock_s: float | None = None
+    lock_longest_s: float | None = None
+    lock_polls: int | None = None
+    read_txn_s: float | None = None  # the longest transaction seen
+    read_txn_total_s: float | None = None
+    read_txn_polls: int | None = None
+    archiver_attempts: int | None = None
+    archiver_errors: int | None = None
+    archiver_longest_wait_s: float | None = None
 
     @property
     def table(self) -> Table:
         """The table this run belongs to."""
-        return self.backend, self.media, self.format
+        return self.backend, self.media, self.layout, self.cache, self.disk, self.format
 
     @property
     def rss_mb(self) -> float:
@@ -57,10 +100,16 @@ class Measurement:
         """Posts exported per second of wall time."""
         return self.size / self.wall_s if self.wall_s > 0 else float("inf")
 
+    @property
+    def read_txn(self) -> float | None:
+        """The export's read transaction (s): SQLite's longest SHARED lock, or PostgreSQL's longest transaction."""
+        return self.lock_longest_s if self.lock_longest_s is not None else self.read_txn_s
+
 
 @dataclass(frozen=True)
 class Ratio:
-    """A column: the median time of ``num`` over that of ``den``, measured on ``den_backend`` or the table's."""
+    """A column: the median of ``metric`` (wall time, or read transaction) of ``num`` over that of ``den``,
+    measured on ``den_backend`` or the table's. ``net``: also given net of the empty export's time."""
 
     num: str
     den: str
@@ -69,6 +118,8 @@ class Ratio:
     target: float | None = None
     den_backend: str | None = None
     label: str = ""
+    metric: str = WALL
+    net: bool = False
 
     @property
     def name(self) -> str:
@@ -76,15 +127,16 @@ class Ratio:
         return self.label or f"{self.num}/{self.den}"
 
 
-#: The comparisons of the report; the targets are for large archives (start-up dominates small ones).
+#: The comparisons of the report; the targets are for the largest archive (start-up dominates small ones).
 RATIOS = (
     Ratio("plugin", "host", BACKENDS, FORMATS),
-    Ratio("plugin", "sqlite3", (SQLITE,), ("json",), target=2.0),
-    Ratio("plugin", "sqlite-utils", (SQLITE,), ("csv",), target=0.8),
+    Ratio("plugin", "sqlite3", (SQLITE,), ("json",), target=1.0, net=True),
+    Ratio("plugin", "sqlite-utils", (SQLITE,), ("csv",), target=0.7, net=True),
     Ratio("plugin", "psql-json", (POSTGRESQL,), ("json",)),
-    Ratio("plugin", "psql-copy", (POSTGRESQL,), ("csv",), target=2.0),
-    Ratio("plugin", "plugin", (POSTGRESQL,), ("json",), target=1.1, den_backend=SQLITE, label="plugin PG/SQLite"),
+    Ratio("plugin", "psql-copy", (POSTGRESQL,), ("csv",), target=1.2, net=True),
+    Ratio("plugin", "plugin", (POSTGRESQL,), ("json",), target=1.0, den_backend=SQLITE, label="plugin PG/SQLite"),
     Ratio("plugin-checksums", "plugin", BACKENDS, FORMATS, target=1.05, label="checksums on/off"),
+    Ratio("plugin", "host", BACKENDS, FORMATS, target=1.0, metric=READ_TXN, label="read txn plugin/host"),
 )
 
 
@@ -94,6 +146,9 @@ class Row:
 
     backend: str
     media: bool
+    layout: str
+    cache: str
+    disk: str
     format: str
     size: int
     seconds: dict[str, float]
@@ -101,22 +156,43 @@ class Row:
     ratios: dict[str, float | None]
     identical: bool | None  # every skyarchive contender wrote the same bytes (None: fewer than two ran)
     media_files: int | None
+    read_txn: dict[str, float]  # median s, where measured
+    archiver_errors: dict[str, int]  # the most of any repeat
+    archiver_wait: dict[str, float]  # the longest of any repeat (s)
+    spool_mb: dict[str, float]  # median
+    resident_min: float | None  # over the row's runs (SQLite)
+    resident_max: float | None
 
     @property
     def table(self) -> Table:
         """The table this row belongs to."""
-        return self.backend, self.media, self.format
+        return self.backend, self.media, self.layout, self.cache, self.disk, self.format
+
+
+def _value(value: float) -> str:
+    return f"{value:g}"
+
+
+#: How a Figure's value and target read, by unit.
+UNITS: dict[str, tuple[Callable[[float], str], Callable[[float], str]]] = {
+    "x": (lambda v: f"{v:.2f}x", lambda t: f"{t:g}x"),
+    "MB": (lambda v: f"{v:+.1f} MB", lambda t: f"{t:g} MB"),
+    "s": (lambda v: f"{v:.3f} s", lambda t: f"{t:.3f} s"),
+    "": (_value, _value),
+}
 
 
 @dataclass(frozen=True)
 class Figure:
-    """A derived figure of one table: a ratio, or a difference in MB; maybe against a target (≤)."""
+    """A derived figure of one table: a ratio, a difference in MB, seconds or a count; maybe against a target
+    (≤), which may be another measured value (``target_label``: whose)."""
 
     table: str
     what: str
     value: float
     unit: str = "x"
     target: float | None = None
+    target_label: str = ""
 
     @property
     def met(self) -> bool | None:
@@ -125,9 +201,10 @@ class Figure:
 
     def line(self) -> str:
         """A Markdown bullet."""
-        value = f"{self.value:+.1f} MB" if self.unit == "MB" else f"{self.value:.2f}x"
-        target = "" if self.target is None else f" (target ≤ {self.target:g}x: {'met' if self.met else '**missed**'})"
-        return f"- {self.table}, {self.what}: {value}{target}"
+        value, target = UNITS[self.unit]
+        goal = "" if self.target is None else f" (target ≤ {self.target_label}{target(self.target)}: "
+        goal += "" if self.target is None else ("met)" if self.met else "**missed**)")
+        return f"- {self.table}, {self.what}: {value(self.value)}{goal}"
 
 
 def contender_order(name: str) -> int:
@@ -135,21 +212,32 @@ def contender_order(name: str) -> int:
     return list(BY_NAME).index(name) if name in BY_NAME else len(BY_NAME)
 
 
-def table_order(table: Table) -> tuple[int, bool, int]:
-    """SQLite before PostgreSQL, plain before media, JSON before CSV."""
-    backend, media, fmt = table
-    return (BACKENDS.index(backend) if backend in BACKENDS else 9, media, FORMATS.index(fmt) if fmt in FORMATS else 9)
+def _index(values: Sequence[str], value: str) -> int:
+    return values.index(value) if value in values else len(values)
+
+
+def table_order(table: Table) -> tuple[int, bool, int, int, int, int]:
+    """SQLite before PostgreSQL, plain before media, seeded before oldest-first, warm before cold, the normal disk
+    before the slow one, JSON before CSV."""
+    backend, media, layout, cache, disk, fmt = table
+    return (_index(BACKENDS, backend), media, _index(LAYOUTS, layout), _index(CACHES, cache), _index(DISKS, disk),
+            _index(FORMATS, fmt))  # fmt: skip
 
 
 def table_title(table: Table) -> str:
-    """``SQLite, JSON``; ``SQLite with media, CSV``; ``PostgreSQL`` (no format)."""
-    backend, media, fmt = table
-    return BACKEND_TITLES.get(backend, backend) + (" with media" if media else "") + (f", {fmt.upper()}" if fmt else "")
+    """``SQLite, JSON (seeded, warm cache, normal disk)``; ``SQLite with media, CSV (…)``."""
+    backend, media, layout, cache, disk, fmt = table
+    title = BACKEND_TITLES.get(backend, backend) + (" with media" if media else "") + (f", {fmt.upper()}" * bool(fmt))
+    return f"{title} ({layout}, {cache} cache, {disk} disk)"
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator``, or None when either is missing (or the denominator is not positive)."""
     return None if numerator is None or denominator is None or denominator <= 0 else numerator / denominator
+
+
+def _known(values: Iterable[float | int | None]) -> list[float | int]:
+    return [v for v in values if v is not None]
 
 
 def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
@@ -158,22 +246,50 @@ def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
     runs: dict[Key, list[Measurement]] = {}
     for m in sorted(measurements, key=lambda m: (table_order(m.table), m.size, contender_order(m.contender))):
         runs.setdefault((*m.table, m.size, m.contender), []).append(m)
-    seconds = {key: statistics.median(m.wall_s for m in ms) for key, ms in runs.items()}
+    medians: dict[str, dict[Key, float]] = {
+        WALL: {key: statistics.median(m.wall_s for m in ms) for key, ms in runs.items()},
+        READ_TXN: {key: statistics.median(v) for key, ms in runs.items() if (v := _known(m.read_txn for m in ms))},
+    }
     rows: list[Row] = []
-    for backend, media, fmt, size in dict.fromkeys(key[:4] for key in runs):
-        here = {key[4]: ms for key, ms in runs.items() if key[:4] == (backend, media, fmt, size)}
-        skyarchive = [m for ms in here.values() for m in ms if m.exporter]  # only skyarchive contenders have one
-        outputs, writers = {(m.sha256, m.media_digest) for m in skyarchive}, {m.contender for m in skyarchive}
+    for place in dict.fromkeys(key[:7] for key in runs):
+        backend, media, layout, cache, disk, fmt, size = place
+        here = {key[7]: ms for key, ms in runs.items() if key[:7] == place}
+        compared = [m for ms in here.values() for m in ms if m.exporter and same_output(m.contender)]
+        outputs, writers = {(m.sha256, m.media_digest) for m in compared}, {m.contender for m in compared}
+        resident = _known(m.resident_before for ms in here.values() for m in ms)
+        errors = {c: _most(m.archiver_errors for m in ms) for c, ms in here.items()}
+        waits = {c: _most(m.archiver_longest_wait_s for m in ms) for c, ms in here.items()}
         rows.append(Row(
-            backend, media, fmt, size, seconds={c: seconds[(backend, media, fmt, size, c)] for c in here},
+            backend, media, layout, cache, disk, fmt, size, seconds={c: medians[WALL][_key(place, c)] for c in here},
             megabytes={c: statistics.median(m.rss_mb for m in ms) for c, ms in here.items()},
-            ratios={r.name: ratio(seconds.get((backend, media, fmt, size, r.num)),
-                                  seconds.get((r.den_backend or backend, media, fmt, size, r.den)))
+            ratios={r.name: ratio(medians[r.metric].get(_key(place, r.num)),
+                                  medians[r.metric].get(_key(place, r.den, r.den_backend)))
                     for r in RATIOS if backend in r.backends and fmt in r.formats},
             identical=len(outputs) == 1 if len(writers) > 1 else None,
-            media_files=max((m.media_files or 0 for m in skyarchive), default=0) or None,
+            media_files=max((m.media_files or 0 for ms in here.values() for m in ms if m.exporter), default=0) or None,
+            read_txn={c: medians[READ_TXN][_key(place, c)] for c in here if _key(place, c) in medians[READ_TXN]},
+            archiver_errors={c: int(v) for c, v in errors.items() if v is not None},
+            archiver_wait={c: float(v) for c, v in waits.items() if v is not None},
+            spool_mb={c: statistics.median(v) for c, ms in here.items() if (v := _known(m.spool_peak_mb for m in ms))},
+            resident_min=min(resident) if resident else None, resident_max=max(resident) if resident else None,
         ))  # fmt: skip
     return rows
+
+
+def _key(place: tuple[str, bool, str, str, str, str, int], contender: str, backend: str | None = None) -> Key:
+    """The key of ``contender`` at ``place`` (a table and a size), or at the same place on ``backend``."""
+    return (backend or place[0], *place[1:], contender)
+
+
+def _most(values: Iterable[float | int | None]) -> float | int | None:
+    """The largest of the known values (None if none is)."""
+    known = _known(values)
+    return max(known) if known else None
+
+
+def same_output(contender: str) -> bool:
+    """Whether ``contender``'s output must equal the other skyarchive contenders' (unknown names: yes)."""
+    return BY_NAME[contender].same_output if contender in BY_NAME else True
 
 
 def reference(sizes: Iterable[int], preferred: int) -> tuple[int, int] | None:
@@ -184,9 +300,24 @@ def reference(sizes: Iterable[int], preferred: int) -> tuple[int, int] | None:
     return (below[0], ordered[-1]) if below else None
 
 
+def baseline(rows_at: dict[tuple[Table, int], Row], row: Row, what: str) -> float | None:
+    """The empty export's median ``what`` ("seconds" or "megabytes") beside ``row``: in its table, else (it runs on
+    the normal disk only) in the same table on the normal disk."""
+    normal: Table = (row.backend, row.media, row.layout, row.cache, NORMAL, row.format)
+    for table in (row.table, normal):
+        twin = rows_at.get((table, row.size))
+        if twin is not None and BASELINE in getattr(twin, what):
+            return float(getattr(twin, what)[BASELINE])
+    return None
+
+
 def derived_figures(rows: Sequence[Row]) -> list[Figure]:
-    """Per table: each targeted ratio at the largest size; time per post, and the plugin's RSS, against size."""
+    """Per table: each targeted ratio at the largest size; up to NET_MAX_SIZE, the ratios to the floors raw and net
+    of the empty export's time; the plugin's peak RSS over the empty export's at every size (≤ 16 MB); the
+    archiver's errors and longest wait with the plugin against those with the host, at the largest size; time
+    per post, and the plugin's RSS, against size."""
     figures: list[Figure] = []
+    rows_at = {(row.table, row.size): row for row in rows}
     for table in dict.fromkeys(row.table for row in rows):
         title, by_size = table_title(table), {row.size: row for row in rows if row.table == table}
         largest = by_size[max(by_size)]
@@ -194,6 +325,32 @@ def derived_figures(rows: Sequence[Row]) -> list[Figure]:
             value = largest.ratios.get(r.name)
             if r.target is not None and value is not None:
                 figures.append(Figure(title, f"{r.name} at {largest.size:,} posts", value, target=r.target))
+        for r in (r for r in RATIOS if r.net):
+            for size in (size for size in sorted(by_size) if size <= NET_MAX_SIZE):
+                row, target = by_size[size], r.target if size == largest.size else None
+                raw, empty = row.ratios.get(r.name), baseline(rows_at, row, "seconds")
+                if raw is not None and size != largest.size:
+                    figures.append(Figure(title, f"{r.name} at {size:,} posts", raw))
+                net = None if raw is None or empty is None else ratio(row.seconds[r.num] - empty, row.seconds[r.den])
+                if net is not None:
+                    figures.append(Figure(title, f"{r.name} net of {BASELINE}'s time at {size:,} posts", net,
+                                          target=target))  # fmt: skip
+        for size, row in sorted(by_size.items()):
+            base = baseline(rows_at, row, "megabytes")
+            for name in (n for n in ("plugin", "plugin-checksums") if n in row.megabytes and base is not None):
+                over = row.megabytes[name] - (base or 0.0)
+                figures.append(Figure(title, f"{name} peak RSS minus {BASELINE}'s at {size:,} posts", over, unit="MB",
+                                      target=RSS_OVER_BASELINE_MB))  # fmt: skip
+        host, plugin = LOCKERS
+        archiver: tuple[tuple[str, dict[str, Any], str], ...] = (
+            ("errors", largest.archiver_errors, ""), ("longest wait", largest.archiver_wait, "s")
+        )  # fmt: skip
+        for what, values, unit in archiver:
+            if host in values and plugin in values:
+                what = f"archiver {what} during the plugin's export at {largest.size:,} posts"
+                figures.append(
+                    Figure(title, what, values[plugin], unit, target=values[host], target_label="the host's ")
+                )
         ref, big = reference(by_size, SCALING_REFERENCE) or (0, 0)
         for c in ("host", "plugin") if ref else ():
             if c in by_size[ref].seconds and c in by_size[big].seconds:
@@ -217,9 +374,18 @@ def render_table(rows: Sequence[Row], table: Table) -> list[str]:
     contenders = sorted({c for row in mine for c in row.seconds}, key=contender_order)
     ratios = [r for r in RATIOS if any(row.ratios.get(r.name) is not None for row in mine)]
     media, plugin = any(row.media_files for row in mine), "plugin" in contenders
+
+    def columns(attribute: str) -> list[str]:
+        return [c for c in LOCKERS if any(c in getattr(row, attribute) for row in mine)]
+
+    txn, errors, waits = columns("read_txn"), columns("archiver_errors"), columns("archiver_wait")
+    spool, cached = [c for c in ("plugin",) if any(c in row.spool_mb for row in mine)], table[3] == COLD
+    cached = cached and any(row.resident_max is not None for row in mine)
     header = ["posts", *(f"{c} {unit}" for c in contenders for unit in ("s", "MB")), *["plugin posts/s"] * plugin]
     header += [r.name + ("" if r.target is None else f" (≤ {r.target:g})") for r in ratios]
-    header += [*["media files"] * media, "identical"]
+    header += [f"{c} read txn s" for c in txn] + [f"{c} archiver errors" for c in errors]
+    header += [f"{c} archiver wait s" for c in waits] + [f"{c} spool MB" for c in spool]
+    header += [*["cached before %"] * cached, *["media files"] * media, "identical"]
     lines = [f"### {table_title(table)}", "", f"| {' | '.join(header)} |", "|" + "---:|" * (len(header) - 1) + ":---:|"]
     for row in mine:
         cells = [
@@ -227,9 +393,27 @@ def render_table(rows: Sequence[Row], table: Table) -> list[str]:
             *(cell(d.get(c), s) for c in contenders for d, s in ((row.seconds, ".3f"), (row.megabytes, ".1f"))),
         ]
         cells += [cell(ratio(row.size, row.seconds.get("plugin")), ",.0f")] * plugin
-        cells += [cell(row.ratios.get(r.name), ".2f") for r in ratios] + [cell(row.media_files, ",d")] * media
+        cells += [cell(row.ratios.get(r.name), ".2f") for r in ratios]
+        cells += [cell(row.read_txn.get(c), ".3f") for c in txn]
+        cells += [cell(row.archiver_errors.get(c), "d") for c in errors]
+        cells += [cell(row.archiver_wait.get(c), ".3f") for c in waits]
+        cells += [cell(row.spool_mb.get(c), ".1f") for c in spool]
+        cells += [cell(None if row.resident_max is None else 100 * row.resident_max, ".1f")] * cached
+        cells += [cell(row.media_files, ",d")] * media
         lines.append(f"| {' | '.join(cells)} | {DASH if row.identical is None else 'yes' if row.identical else 'no'} |")
     return lines
+
+
+def render_archive(a: dict[str, Any]) -> str:
+    """One bullet (without its indent) saying how an archive was made (``a``: as archives.ensure_archive says)."""
+    line = str(BACKEND_TITLES.get(a["backend"], a["backend"])) + (" with media" if a["media"] else "")
+    line += f", {a.get('layout', SEEDED)}, {a['size']:,} posts: `{a['rows']}` into `{a['sqlite']}`"
+    line += "" if a["seed_s"] is None else f" ({a['seed_s']} s)"
+    if "layout_sqlite" in a:
+        line += f", then {a['layout_made']} into `{a['layout_sqlite']}`"
+        line += "" if a.get("layout_s") is None else f" ({a['layout_s']} s)"
+    line += f", then {a['copy']} into `{a['postgresql']}`" if "copy" in a else ""
+    return line + ("" if a.get("copy_s") is None else f" ({a['copy_s']} s)")
 
 
 def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
@@ -240,16 +424,14 @@ def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
         "- Versions: " + "; ".join(f"{name} {version or 'not found'}" for name, version in meta["versions"].items()),
         f"- Formats: {', '.join(meta['formats'])}; repeats: {meta['repeat']} (median shown); "
         f"contenders: {', '.join(meta['contenders'])}",
+        f"- Layouts: {', '.join(meta.get('layouts', [SEEDED]))}; page cache: {', '.join(meta.get('caches', [WARM]))}; "
+        f"disks: {', '.join(meta.get('disks', [NORMAL]))}; archiver: {'yes' if meta.get('archiver') else 'no'}",
+        *(f"- {note}" for note in meta.get("notes", [])),
         *(f"- Skipped: {name} ({reason})" for name, reason in meta["skipped"].items()),
         *([f"- **Failed, results incomplete**: {meta['failed']}"] if meta.get("failed") else []),
         "- Archives (seconds to make them, or reused from an earlier run):",
+        *(f"  - {render_archive(a)}" for a in meta["archives"]),
     ]
-    for a in meta["archives"]:
-        line = f"  - {table_title((a['backend'], a['media'], ''))}, {a['size']:,} posts: `{a['rows']}`"
-        line += f" into `{a['sqlite']}`"
-        line += "" if a["seed_s"] is None else f" ({a['seed_s']} s)"
-        line += f", then {a['copy']} into `{a['postgresql']}`" if "copy" in a else ""
-        lines.append(line + ("" if a.get("copy_s") is None else f" ({a['copy_s']} s)"))
     if floor_mb is not None:
         lines.append(
             f"- Peak RSS is max(polled VmHWM, wait4 ru_maxrss) of the export process alone; ru_maxrss cannot go "
@@ -282,7 +464,14 @@ def render_markdown(meta: dict[str, Any], summary: Summary) -> str:
     lines += [
         "Seconds are the median wall time of the export process, MB its median peak RSS (on PostgreSQL, the",
         "client's alone: the server's work is in the seconds, not in the MB); posts/s = posts / plugin s;",
-        "identical = every skyarchive contender wrote the same posts file (sha256) and media files.",
+        "read txn = the export's read transaction, median s (SQLite: the longest stretch its SHARED lock was held,",
+        "from /proc/locks every 5 ms; PostgreSQL: its longest transaction in pg_stat_activity, every 10 ms);",
+        "archiver errors and wait = the most failed inserts and the longest insert of the archiver during one",
+        "run (any repeat); spool MB = the disk space of the plugin's unnamed files at their largest, median (its",
+        "spool; SQLite's own temporary sort files would count too: the JSON has the figure of every contender);",
+        "cached before % = how much of the SQLite file was in the page cache just before a cold run, at most;",
+        "identical = every skyarchive contender wrote the same posts file (sha256) and media files (plugin-empty",
+        "exports nothing and is not compared).",
         "",
         "### Derived figures (from the same run)",
         "",
