@@ -30,6 +30,10 @@ from .jsonenc import BatchEncoder
 from .output import Output
 from .rows import Batch
 
+#: A batch's encoded posts are handed to the output in pieces of about this size (1 MiB), so that a batch of
+#: large posts is not held whole in memory while the one before it is written.
+CHUNK = 1 << 20
+
 if TYPE_CHECKING:  # not imported at run time: the encoder process imports this module without the host
     from .encoding import Encoders
 
@@ -70,9 +74,14 @@ class JsonWriter(PostsWriter):
 
     def write_batch(self, batch: Batch) -> None:
         pieces: list[Any] = []
+        size = 0
         for items in self._encode(batch.rows, batch.sizes):
             pieces += (self._separator, items)
             self._separator = b",\n"
+            size += len(items)
+            if size >= CHUNK:  # large posts: handed over as they come, not held for the whole batch
+                self.output.write(pieces, tag=batch)
+                pieces, size = [], 0
         self.output.write(pieces, posts=len(batch.rows), tag=batch)
 
     def end(self) -> None:
@@ -87,7 +96,15 @@ class JsonlWriter(PostsWriter):
         self._encode = encode
 
     def write_batch(self, batch: Batch) -> None:
-        self.output.write(list(self._encode(batch.rows, batch.sizes)), posts=len(batch.rows), tag=batch)
+        pieces: list[Any] = []
+        size = 0
+        for lines in self._encode(batch.rows, batch.sizes):
+            pieces.append(lines)
+            size += len(lines)
+            if size >= CHUNK:  # large posts: handed over as they come, not held for the whole batch
+                self.output.write(pieces, tag=batch)
+                pieces, size = [], 0
+        self.output.write(pieces, posts=len(batch.rows), tag=batch)
 
 
 class CsvWriter(PostsWriter):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from export_batching_plugin import batched, output, reading, spoolfile
+from export_batching_plugin import batched, output, reading, rows, spoolfile, writing
 
 from .harness import FORMATS, export, insert_rows, make_engine, post_row
 
@@ -163,3 +163,31 @@ def test_a_full_spool_disk_names_the_spool(engine: Any, tmp_path: Path, monkeypa
     assert failure.phase == "writing" and failure.batch is not None
     assert "disk full: " in str(failure) and "(the export's spool file)" in str(failure)
     assert not any(".staging-" in p.name for p in (tmp_path / "out").rglob("*"))
+
+
+class Recording:
+    """An output that records what it is handed: (bytes, posts) of each write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, pieces: Any, *, posts: int = 0, tag: Any = None) -> None:
+        self.writes.append((sum(len(piece) for piece in pieces), posts))
+
+
+@pytest.mark.parametrize("writer", [writing.JsonWriter, writing.JsonlWriter])
+def test_a_batch_of_large_posts_is_handed_over_in_pieces(tmp_path: Path, writer: Any) -> None:
+    """Not held whole while the batch before it is written: about CHUNK at a time, the count with the last."""
+    post = 600 << 10
+
+    def encode(rows: Any, sizes: Any) -> Any:
+        return iter([b"x" * post for _ in rows])
+
+    output = Recording(tmp_path / "posts")
+    batch = rows.Batch(number=1, offset=0, rows=[()] * 8, sizes=[post] * 8)
+    writer(output, encode).write_batch(batch)
+    sizes = [size for size, _ in output.writes]
+    assert len(sizes) >= 3 and max(sizes) <= writing.CHUNK + post + 4, sizes
+    assert sum(sizes) >= 8 * post
+    assert [posts for _, posts in output.writes] == [0] * (len(sizes) - 1) + [8]
