@@ -21,7 +21,7 @@ COLOURS = {
 }  # fmt: skip
 #: For contenders added later (variants): colours no one above has.
 SPARE_COLOURS = ("tab:orange", "tab:pink", "black", "gold", "navy", "lime")
-LINESTYLES, MARKERS = {"json": "-", "csv": "--"}, {SQLITE: "o", POSTGRESQL: "s"}
+LINESTYLES, MARKERS = {"json": "-", "csv": "--", "jsonl": ":"}, {SQLITE: "o", POSTGRESQL: "s"}
 SPARE_LINESTYLES, SPARE_MARKERS = (":", "-."), ("^", "D", "v")
 CHARTED = (SEEDED, WARM, NORMAL)  # (layout, cache, disk)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 #: skyarchive.seed.DEFAULT_DID (kept here so that this module needs no host to import).
 DEFAULT_DID = "did:plc:q6gjnaw2blty4crticxkmujt"
-FORMATS = ("json", "csv")
+FORMATS = ("json", "csv", "jsonl")
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 BACKENDS = (SQLITE, POSTGRESQL)
 BACKEND_TITLES = {SQLITE: "SQLite", POSTGRESQL: "PostgreSQL"}
@@ -168,6 +168,9 @@ def psql(exe: str, job: Job, *args: str) -> list[str]:
     return [exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", job.archive.location, *args]
 
 
+#: sqlite-utils query's option for each format (JSON: its default, an array).
+PEER_FORMAT = {"json": (), "csv": ("--csv",), "jsonl": ("--nl",)}
+
 CONTENDERS = (
     # skyarchive alone (the host's in-memory exporter), then with the plugin on for every size.
     Contender("host", BACKENDS, FORMATS, skyarchive, config="", exporter="skyarchive", disks=DISKS),
@@ -181,7 +184,7 @@ CONTENDERS = (
               exporter="export_batching", same_output=False),
     # The peers and floors: the same rows in the same order, to stdout.
     Contender("sqlite-utils", (SQLITE,), FORMATS, tool="sqlite-utils",
-              command=lambda exe, job: [exe, "query", job.archive.location, job.sql, *["--csv"] * (job.fmt == "csv")]),
+              command=lambda exe, job: [exe, "query", job.archive.location, job.sql, *PEER_FORMAT[job.fmt]]),
     Contender("sqlite3", (SQLITE,), ("json",), tool="sqlite3",
               command=lambda exe, job: [exe, "-json", job.archive.location, job.sql]),
     Contender("psql-copy", (POSTGRESQL,), ("csv",), tool="psql",

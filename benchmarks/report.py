@@ -109,7 +109,8 @@ class Measurement:
 @dataclass(frozen=True)
 class Ratio:
     """A column: the median of ``metric`` (wall time, or read transaction) of ``num`` over that of ``den``,
-    measured on ``den_backend`` or the table's. ``net``: also given net of the empty export's time."""
+    measured on ``den_backend`` or the table's, in ``den_format`` or the table's. ``net``: also given net of
+    the empty export's time."""
 
     num: str
     den: str
@@ -117,6 +118,7 @@ class Ratio:
     formats: tuple[str, ...]
     target: float | None = None
     den_backend: str | None = None
+    den_format: str | None = None
     label: str = ""
     metric: str = WALL
     net: bool = False
@@ -135,6 +137,7 @@ RATIOS = (
     Ratio("plugin", "psql-json", (POSTGRESQL,), ("json",)),
     Ratio("plugin", "psql-copy", (POSTGRESQL,), ("csv",), target=1.2, net=True),
     Ratio("plugin", "plugin", (POSTGRESQL,), ("json",), target=1.0, den_backend=SQLITE, label="plugin PG/SQLite"),
+    Ratio("plugin", "plugin", BACKENDS, ("jsonl",), target=1.0, den_format="json", label="plugin JSONL/JSON"),
     Ratio("plugin-checksums", "plugin", BACKENDS, FORMATS, target=1.05, label="checksums on/off"),
     Ratio("plugin", "host", BACKENDS, FORMATS, target=1.0, metric=READ_TXN, label="read txn plugin/host"),
 )
@@ -263,7 +266,7 @@ def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
             backend, media, layout, cache, disk, fmt, size, seconds={c: medians[WALL][_key(place, c)] for c in here},
             megabytes={c: statistics.median(m.rss_mb for m in ms) for c, ms in here.items()},
             ratios={r.name: ratio(medians[r.metric].get(_key(place, r.num)),
-                                  medians[r.metric].get(_key(place, r.den, r.den_backend)))
+                                  medians[r.metric].get(_key(place, r.den, r.den_backend, r.den_format)))
                     for r in RATIOS if backend in r.backends and fmt in r.formats},
             identical=len(outputs) == 1 if len(writers) > 1 else None,
             media_files=max((m.media_files or 0 for ms in here.values() for m in ms if m.exporter), default=0) or None,
@@ -276,9 +279,11 @@ def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
     return rows
 
 
-def _key(place: tuple[str, bool, str, str, str, str, int], contender: str, backend: str | None = None) -> Key:
-    """The key of ``contender`` at ``place`` (a table and a size), or at the same place on ``backend``."""
-    return (backend or place[0], *place[1:], contender)
+def _key(
+    place: tuple[str, bool, str, str, str, str, int], contender: str, backend: str | None = None, fmt: str | None = None
+) -> Key:
+    """The key of ``contender`` at ``place`` (a table and a size), or at the same place on ``backend``, in ``fmt``."""
+    return (backend or place[0], *place[1:5], fmt or place[5], place[6], contender)
 
 
 def _most(values: Iterable[float | int | None]) -> float | int | None:

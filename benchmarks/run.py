@@ -144,7 +144,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     add("--backends", type=names, default=Options.backends, help="sqlite,postgresql (default: both)")
     add("--sizes", type=sizes, help=f"archive sizes (posts) on every backend (default: {default_sizes})")
     add("--million", action="store_true", help="add a 1,000,000-post archive on every backend")
-    add("--formats", type=names, default=Options.formats, help="json,csv (default: both)")
+    add("--formats", type=names, default=Options.formats, help="json,csv,jsonl (default: all)")
     add("--contenders", type=names, default=Options.contenders, help=f"some of {','.join(c.BY_NAME)} (default: all)")
     add("--repeat", type=int, default=Options.repeat, help="runs of each contender (median shown)")
     add("--media-posts", type=int, default=Options.media_posts, help="posts of the SQLite media case (0: none)")
