@@ -25,6 +25,7 @@ from sqlalchemy.sql.expression import Select
 
 from .host import POST_ORDER, ExportRequest, media_table, posts_table, selection_criteria
 from .rows import Batch, row_size
+from .spoolfile import in_memory, sqlite_temp_directory
 from .threads import start_thread
 
 log = logging.getLogger("export_batching_plugin")
@@ -174,7 +175,8 @@ def _copy_tables() -> tuple[Table, Table]:
 
 def _attach_copy(conn: Connection) -> bool:
     """Attach an empty copy database to ``conn`` where a reader blocks writers and SQLite keeps temporary
-    databases on disk; whether it did. Outside any transaction (ATTACH cannot run in one), on the driver's
+    databases on disk (not in memory, nor in a temporary directory held in memory); whether it did. Outside
+    any transaction (ATTACH cannot run in one), on the driver's
     connection (an engine's ``begin`` events would open one)."""
     if conn.dialect.name != "sqlite":
         return False
@@ -188,6 +190,9 @@ def _attach_copy(conn: Connection) -> bool:
                 return False  # readers do not block writers
             if _temp_in_memory(cursor):
                 return False  # the copy would be held in memory
+            where = sqlite_temp_directory()
+            if where is None or in_memory(where):
+                return False  # likewise (a tmpfs TMPDIR); or SQLite has nowhere to put it
             cursor.execute(f"ATTACH DATABASE '' AS {COPY_SCHEMA}")
             cursor.execute(f"PRAGMA {COPY_SCHEMA}.journal_mode = OFF")
             cursor.execute(f"PRAGMA {COPY_SCHEMA}.synchronous = OFF")

@@ -62,4 +62,19 @@ def spool_directory(beside: Path) -> Path:
     slow one); but when TMPDIR is held in memory (tmpfs), beside the export, so that what the disk has not
     taken yet is never held in memory, where a container's memory limit would count it."""
     temporary = Path(tempfile.gettempdir())
-    return beside if filesystem_type(temporary) in _RAM_FILESYSTEMS else temporary
+    return beside if in_memory(temporary) else temporary
+
+
+def in_memory(path: Path) -> bool:
+    """Whether ``path`` is on a filesystem held in memory (tmpfs, ramfs)."""
+    return filesystem_type(path) in _RAM_FILESYSTEMS
+
+
+def sqlite_temp_directory() -> Path | None:
+    """Where SQLite makes its temporary files (os_unix.c, ``unixTempFileDir``): the first writable directory of
+    SQLITE_TMPDIR, TMPDIR, /var/tmp, /usr/tmp, /tmp; None if none is."""
+    candidates = [os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"]
+    for candidate in candidates:
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+    return None

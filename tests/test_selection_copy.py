@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from export_batching_plugin import reading, rows
+from export_batching_plugin import reading, rows, spoolfile
 
 from .harness import FORMATS, export, insert_rows, make_engine, media_row, post_row
 from .test_thread_limits import open_fds
@@ -137,15 +137,7 @@ def test_no_copy_where_it_does_not_help_or_would_be_in_memory(
     event.listen(engine, "connect", lambda dbapi_connection, record: dbapi_connection.execute(f"PRAGMA {pragma}"))
     insert_rows(engine, [post_row(n) for n in range(100)])
     host = export(engine, tmp_path / "host", settings=None)
-    copied: list[bool] = []
-    original = reading.Snapshot.open.__func__  # type: ignore[attr-defined]
-
-    def opened(cls: type[reading.Snapshot], *args: Any, **kwargs: Any) -> reading.Snapshot:
-        snapshot = original(cls, *args, **kwargs)
-        copied.append(snapshot.copying)
-        return snapshot
-
-    monkeypatch.setattr(reading.Snapshot, "open", classmethod(opened))
+    copied = snapshots_copying(monkeypatch)
     plugin = export(engine, tmp_path / "plugin", settings=SETTINGS)
     engine.dispose()
     assert plugin.error is None, plugin.error
@@ -153,8 +145,25 @@ def test_no_copy_where_it_does_not_help_or_would_be_in_memory(
     assert plugin.posts_bytes == host.posts_bytes
 
 
-def test_a_rollback_journal_archive_is_copied(archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The counterpart of the test above: the default journal mode, temporary databases on disk."""
+def test_no_copy_where_sqlite_keeps_temporary_files_in_memory(
+    archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TMPDIR on a tmpfs (SQLite makes its temporary databases there): the copy would be held in memory."""
+    ram = Path("/dev/shm")
+    if spoolfile.filesystem_type(ram) not in ("tmpfs", "ramfs"):
+        pytest.skip("no tmpfs at /dev/shm here")
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(ram))
+    host = export(archive, tmp_path / "host", settings=None)
+    copied = snapshots_copying(monkeypatch)
+    plugin = export(archive, tmp_path / "plugin", settings=SETTINGS)
+    assert plugin.error is None, plugin.error
+    assert copied == [False]
+    assert plugin.posts_bytes == host.posts_bytes
+
+
+def snapshots_copying(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each snapshot opened from here on copies the selection."""
     copied: list[bool] = []
     original = reading.Snapshot.open.__func__  # type: ignore[attr-defined]
 
@@ -164,6 +173,12 @@ def test_a_rollback_journal_archive_is_copied(archive: Any, tmp_path: Path, monk
         return snapshot
 
     monkeypatch.setattr(reading.Snapshot, "open", classmethod(opened))
+    return copied
+
+
+def test_a_rollback_journal_archive_is_copied(archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counterpart of the test above: the default journal mode, temporary databases on disk."""
+    copied = snapshots_copying(monkeypatch)
     outcome = export(archive, tmp_path / "out", settings=SETTINGS)
     assert outcome.error is None, outcome.error
     assert copied == [True]
