@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -52,11 +52,11 @@ class Snapshot:
       session timeouts are lifted for this transaction only (see :func:`_no_timeouts`).
     """
 
-    def __init__(self, root: Connection, conn: Connection, transaction: Any) -> None:
+    def __init__(self, root: Connection, conn: Connection, transaction: Any, *, copying: bool = False) -> None:
         self.conn = conn
         self._root, self._transaction = root, transaction
         self._open = True
-        self.copying = False  #: whether the selection is copied (:meth:`copy_selection`)
+        self.copying = copying  #: whether the selection is copied (:meth:`copy_selection`)
 
     def __enter__(self) -> Snapshot:
         return self
@@ -89,9 +89,7 @@ class Snapshot:
                 _detach_copy(root)
             root.close()
             raise
-        snapshot = cls(root, conn, transaction)
-        snapshot.copying = copying
-        return snapshot
+        return cls(root, conn, transaction, copying=copying)
 
     def copy_selection(self, request: ExportRequest, *, in_date_order: bool, media: bool) -> int:
         """Copy the selection's posts (and, with ``media``, its media rows) in export order into the
@@ -106,12 +104,12 @@ class Snapshot:
         rows into Python objects (docs/benchmarks.md). The copy stores each value as it is (no column
         types, so no conversions).
         """
-        copy_posts, copy_media = _copy_tables()
         query = _posts_query(request, in_date_order)
-        copied = self.conn.execute(insert(copy_posts).from_select(list(posts_table.columns.keys()), query)).rowcount
+        copied = self.conn.execute(insert(_copy_table("posts")).from_select(list(posts_table.columns.keys()), query))
         if media:
-            self.conn.execute(insert(copy_media).from_select(list(media_table.columns.keys()), _media_query(request)))
-        return int(copied)
+            columns = list(media_table.columns.keys())
+            self.conn.execute(insert(_copy_table("media")).from_select(columns, _media_query(request)))
+        return int(copied.rowcount)
 
     def end(self, *, complete: bool) -> None:
         """End the transaction (again: nothing). Without a copy, give the connection back too; with one, the
@@ -164,13 +162,11 @@ COPY_SCHEMA = "export_batching_copy"
 COPIED = (("posts", posts_table), ("media", media_table))
 
 
-def _copy_tables() -> tuple[Table, Table]:
-    """The copy's posts and media tables (for queries: the copy's own columns have no types)."""
-    metadata = MetaData(schema=COPY_SCHEMA)
-    posts, media = (
-        Table(name, metadata, *(Column(column.name, column.type) for column in table.columns)) for name, table in COPIED
-    )
-    return posts, media
+@cache
+def _copy_table(name: str) -> Table:
+    """The copy's ``posts`` or ``media`` table (for queries: the copy's own columns have no types)."""
+    table = dict(COPIED)[name]
+    return Table(name, MetaData(schema=COPY_SCHEMA), *(Column(column.name, column.type) for column in table.columns))
 
 
 def _attach_copy(conn: Connection) -> bool:
@@ -344,7 +340,7 @@ def read_batches(
     see :func:`_in_date_order` (SQLite). ``from_copy``: from the snapshot's copy of the selection
     (:meth:`Snapshot.copy_selection`), in the order it was copied.
     """
-    query = _copy_query(0) if from_copy else _posts_query(request, in_date_order)
+    query = _copy_query("posts") if from_copy else _posts_query(request, in_date_order)
     batches = batches_of_stream(
         partial(open_stream, conn, query, batch_size=batch_size),
         batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
@@ -411,10 +407,9 @@ def _media_query(request: ExportRequest) -> Select[Any]:
     )
 
 
-def _copy_query(table: int) -> Select[Any]:
-    """The copy's posts (0) or media rows (1), in the order they were copied."""
-    copied = _copy_tables()[table]
-    return select(*copied.columns).order_by(literal_column("rowid"))
+def _copy_query(name: str) -> Select[Any]:
+    """The copy's ``posts`` or ``media`` rows, in the order they were copied."""
+    return select(*_copy_table(name).columns).order_by(literal_column("rowid"))
 
 
 def read_media_rows(
@@ -422,7 +417,7 @@ def read_media_rows(
 ) -> Generator[list[tuple[Any, ...]], None, None]:
     """The selection's media rows in the host's order (the posts' order, then hash), ``chunk`` at a time
     (``from_copy``: from the snapshot's copy, see :meth:`Snapshot.copy_selection`)."""
-    stmt = _copy_query(1) if from_copy else _media_query(request)
+    stmt = _copy_query("media") if from_copy else _media_query(request)
     stream = open_stream(conn, stmt, batch_size=chunk)
     try:
         while rows := stream.fetchmany(chunk):

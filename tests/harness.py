@@ -242,3 +242,17 @@ def export(
     posts = posts_file.read_bytes() if read_posts else None
     manifest = simplejson.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
     return Outcome(result, None, posts, manifest, recorder.events, job, recorder.statuses)
+
+
+def open_fds() -> set[str]:
+    """This process's open files, as ``fd -> target`` (the listing's own fd, gone once listed, left out).
+
+    Compared as ``open_fds() <= before``: nothing the export opened stays open (files that earlier tests left
+    to the garbage collector may close meanwhile)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except FileNotFoundError:
+            continue
+    return found

@@ -17,8 +17,7 @@ from sqlalchemy import event
 
 from export_batching_plugin import reading, rows, spoolfile
 
-from .harness import FORMATS, export, insert_rows, make_engine, media_row, post_row
-from .test_thread_limits import open_fds
+from .harness import FORMATS, export, insert_rows, make_engine, media_row, open_fds, post_row
 
 SETTINGS = {"threshold": 0, "batch_size": 25, "encoder_process": False}
 OWNER = "did:plc:owner"

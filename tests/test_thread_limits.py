@@ -41,6 +41,7 @@ from .harness import (
     feed_fifo,
     insert_rows,
     media_row,
+    open_fds,
     post_row,
     status_lines,
 )  # fmt: skip
@@ -71,20 +72,6 @@ def failing_starts(monkeypatch: pytest.MonkeyPatch, pattern: str) -> list[str]:
 
     monkeypatch.setattr(threading.Thread, "start", start)
     return refused
-
-
-def open_fds() -> set[str]:
-    """This process's open files, as ``fd -> target`` (the listing's own fd, gone once listed, left out).
-
-    Compared as ``open_fds() <= before``: nothing the export opened stays open (files that earlier tests left
-    to the garbage collector may close meanwhile)."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
-        except FileNotFoundError:
-            continue
-    return found
 
 
 class Checkouts:
