@@ -195,7 +195,15 @@ class _Export:
         offload = Offload.start(
             format=request.format, options=options, posts=path, checksums=self.settings.checksums, spool=rows.fd
         )
-        return stack.enter_context(offload) if offload is not None else None
+        if offload is None:
+            return None
+        stack.enter_context(offload)
+        if not self._encoded(offload.wait_ready, lambda written: None):  # before the snapshot opens
+            log.info("export_batching: the encoder process did not get ready; encoding the posts here")
+            offload.close()
+            path.unlink(missing_ok=True)  # if it had made it
+            return None
+        return offload
 
     def _read(
         self,

@@ -21,9 +21,7 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -31,11 +29,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from . import child
 from .host import SkyarchiveError
 
 log = logging.getLogger("export_batching_plugin")
-#: How long the encoder may take to say it is ready, once the rows are read, before the export encodes itself.
-READY_TIMEOUT = 10.0
+#: How long the encoder may take from its start to say it is ready, before the export encodes itself.
+READY_TIMEOUT = 2.0
 
 
 class EncoderFailed(Exception):
@@ -53,6 +52,7 @@ class Offload:
     def __init__(self, process: subprocess.Popen[bytes], wake: int, status: int, errors: IO[bytes]) -> None:
         self._process, self._wake, self._status, self._errors = process, wake, status, errors
         self._buffer = b""
+        self._started = time.monotonic()
         self.ready = False
         self.written = 0
         self.digest: str | None = None
@@ -65,14 +65,13 @@ class Offload:
         """Start the encoder for ``posts`` reading the spool fd ``spool``; None where no process can start."""
         wake_read, wake_write = os.pipe()
         status_read, status_write = os.pipe()
-        config = {"format": format, "options": dict(options), "posts": str(posts), "checksums": checksums,
+        config = {"format": format, "options": dict(options), "posts": os.path.abspath(posts), "checksums": checksums,
                   "spool": spool, "wake": wake_read, "status": status_write}  # fmt: skip
         errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "export_batching_plugin.encoder", json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                pass_fds=(spool, wake_read, status_write), close_fds=True,
+            process = child.spawn(
+                "export_batching_plugin.encoder", [json.dumps(config)],
+                pass_fds=(spool, wake_read, status_write), stderr=errors,
             )  # fmt: skip
         except (OSError, RuntimeError, ValueError) as exc:  # EAGAIN under a task limit; no executable
             log.info("export_batching: cannot start the encoder process (%s); encoding after the read", exc)
@@ -120,19 +119,16 @@ class Offload:
         return self.digest
 
     def wait_ready(self, on_written: Callable[[int], None], *, timeout: float = READY_TIMEOUT) -> bool:
-        """Whether the encoder is (or becomes, within ``timeout`` s) ready to encode."""
-        deadline = time.monotonic() + timeout
+        """Whether the encoder is (or becomes, within ``timeout`` s of its start) ready to encode."""
+        deadline = self._started + timeout
         while not self.ready and time.monotonic() < deadline:
             if not self._take(on_written, timeout=0.05):
                 return False
         return self.ready
 
     def close(self) -> None:
-        """Stop the encoder if it still runs (it leaves its file to the staging directory's removal), reap it."""
-        if self._process.poll() is None:
-            with contextlib.suppress(OSError):
-                self._process.send_signal(signal.SIGKILL)
-        self._process.wait()
+        """Stop the encoder and anything it started (it leaves its file to the staging directory's removal)."""
+        child.stop(self._process)
         for fd in (self._wake, self._status):
             with contextlib.suppress(OSError):
                 os.close(fd)

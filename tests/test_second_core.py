@@ -166,9 +166,9 @@ def test_without_an_encoder_the_export_encodes_itself(
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")  # as fork fails under a task limit
 
-        monkeypatch.setattr(offload.subprocess, "Popen", refuse)
+        monkeypatch.setattr(subprocess, "Popen", refuse)
     else:  # an interpreter that cannot run the encoder: it exits before it is ready
-        monkeypatch.setattr(offload.sys, "executable", "/bin/false")
+        monkeypatch.setattr(sys, "executable", "/bin/false")
         monkeypatch.setattr(offload, "READY_TIMEOUT", 2.0)
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "é"}, {"embed_data": '{"a": [1, 2]}'}], 120)
@@ -257,3 +257,49 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_the_encoder_never_runs_code_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m`` would import these from the folder the user exports from; the child is started isolated."""
+    processes = started(monkeypatch)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    for name in ("random", "json", "threading", "encodings", "orjson", "export_batching_plugin"):
+        (planted / f"{name}.py").write_text(f"open({str(planted / ('ran-' + name))!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    monkeypatch.setenv("PYTHONSTARTUP", str(planted / "random.py"))
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "é"}, {"embed_data": '{"a": [1, 2]}'}], 120)
+    run_both(engine, tmp_path, batch_size=25, format="json")
+    engine.dispose()
+    assert processes and processes[0] is not None and processes[0].ready, "the encoder process should have run"
+    assert sorted(p.name for p in planted.glob("ran-*")) == []
+
+
+def test_an_encoder_that_never_gets_ready_costs_little_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding host's ``sys.executable`` that ignores its arguments and runs on (and starts a process of
+    its own): the export waits at most READY_TIMEOUT for it, encodes itself, and nothing it started outlives it."""
+    marker = f"{time.time_ns() % 10**6}.5"
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(f"#!/bin/sh\nsleep {marker} &\nexec sleep {marker}\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    engine = make_engine(tmp_path / "a.db")
+    fill(engine, [{"text": "é"}], 120)
+    started_at = time.monotonic()
+    run_both(engine, tmp_path, batch_size=25, format="jsonl")
+    elapsed = time.monotonic() - started_at
+    engine.dispose()
+    assert elapsed < offload.READY_TIMEOUT + 8, elapsed  # the host's export, the plugin's, and the deadline
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in _cmdline(pid)]
+    assert left == [], "a process the wrapper started outlived the export"
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
