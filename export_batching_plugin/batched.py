@@ -1,12 +1,12 @@
 """The batched export, start to end: the diagram of docs/how-it-works.md, in order.
 
-One lifecycle that always unwinds. Each resource the export makes registers its undo on one
-``ExitStack`` where it is made, in this order: the staging directory, the media copier, the posts
-file's output (its writer thread), the read snapshot, the cursor, the progress reporter. A failure
-therefore unwinds them in the reverse order by construction: progress stopped first (nothing is reported
-once the export has failed), the cursor closed before the snapshot ends, the snapshot ended before the
-writer and the media workers are waited for and before the staging directory is removed. No undo raises:
-the first error is the one the user is told, with its phase (:class:`ExportFailed`).
+snapshot → source → at most one spool → encoders on both cores → one ordered writer. The plan (:mod:`.plan`)
+says which source, spool and encoders, once, before anything is made. One lifecycle that always unwinds: each
+resource the export makes registers its undo on one ``ExitStack`` where it is made (the staging directory, the
+media copier, the progress reporter, the posts file, the spool's directory, the child process), so a failure
+unwinds them in the reverse order by construction: the child killed before its spool is removed, the staging
+directory removed last. The read snapshot is held only inside :meth:`_Export._read`, for reading alone. No
+undo raises: the first error is the one the user is told, with its phase (:class:`ExportFailed`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Generator, Iterator
-from contextlib import ExitStack, closing
-from dataclasses import dataclass
+import traceback
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from . import __version__, pgcopy
+from .blocks import BatchFailed, Block, Copy, Span, Spool, chunks, planned, row_size
 from .checksums import SUMS_NAME, file_digest, write_sums
 from .config import Settings
 from .encoding import Encoders
@@ -33,51 +32,31 @@ from .host import (
     ExportJob,
     ExportResult,
     SkyarchiveError,
-    has_labels,
     write_manifest,
 )
 from .media import MediaCopier
-from .offload import EncoderFailed, Offload
-from .output import WriteBehindError
-from .pgcopy import CopyLinesEncoder
+from .pipeline import Child, Pipeline
+from .plan import COPY, DIRECT, Plan, make_plan
 from .progress import Channel, ProgressReporter
-from .reading import Snapshot, count_archive, count_selection, read_batches, read_media_rows
-from .rows import Batch, RowSpool
+from .reading import NoRoom, Snapshot, count_selection, media_rows, open_stream, posts_query
 from .selfcheck import make_encoders
-from .spoolfile import spool_directory
+from .spooldir import private_directory
 from .staging import Staging, check_folder_name, fsync_directory, sync_tree
-from .writing import CsvWriter, PostsWriter, open_writer, posts_output
+from .worker import Framing, Writer, batch_encoder
 
 log = logging.getLogger("export_batching_plugin")
 EXPORTER = f"export_batching {__version__}"
-#: Selections this large are encoded by the encoder process, beside the reading (smaller ones take less time
-#: to encode than the process to start).
-OFFLOAD_POSTS = 10_000
-
-
-@dataclass(frozen=True)
-class Span:
-    """A batch as an error names it: its number and its posts (1-based, inclusive)."""
-
-    number: int
-    first: int
-    last: int
-
-    @classmethod
-    def of(cls, batch: Batch) -> Span:
-        return cls(batch.number, batch.offset + 1, batch.offset + len(batch.rows))
-
-    def __str__(self) -> str:
-        return f"batch {self.number} (posts {self.first}-{self.last})"
+#: Memory set aside to clean up after a MemoryError (released first).
+RESERVE = 1 << 20
 
 
 class ExportFailed(SkyarchiveError):
     """The export failed and left nothing (or says what it could not remove).
 
-    Its facts are attributes: ``phase`` (what the export was doing: ``"reading"`` or ``"writing"`` a
-    ``batch``, or a phase of its own such as ``"copying media files"``), ``batch`` (a :class:`Span`, or
-    None), ``cause`` (the exception that stopped it, also its ``__cause__``) and ``leftover`` (the
-    staging directory that could not be removed, or None). The message is one line made of them.
+    Its facts are attributes: ``phase`` (what the export was doing: ``"reading"`` or ``"writing"`` a ``batch``,
+    or a phase of its own such as ``"copying media files"``), ``batch`` (a :class:`.blocks.Span`, or None),
+    ``cause`` (the exception that stopped it, also its ``__cause__``) and ``leftover`` (the staging directory
+    that could not be removed, or None). The message is one line made of them.
     """
 
     def __init__(
@@ -91,8 +70,8 @@ class ExportFailed(SkyarchiveError):
 def export_batched(job: ExportJob, settings: Settings, channel: Channel) -> ExportResult | None:
     """Export ``job`` in batches, or return None to leave it to the host's exporter.
 
-    A format the plugin does not know (a later skyarchive's) is left to the host, so that it never breaks
-    an export.
+    A format the plugin does not know (a later skyarchive's) is left to the host, so that it never breaks an
+    export.
     """
     if job.request.format not in POSTS_FILE:
         log.info("export_batching: format %r is not one this plugin writes; skyarchive exports it", job.request.format)
@@ -110,49 +89,59 @@ class _Export:
         self.batch: Span | None = None
         self.staging: Staging | None = None
         self.result: ExportResult | None = None  # once everything is written, before it is published
-        self.read = 0  # posts read so far
-        self.in_date_order = False
         self.selected = 0  # the selection's size, counted before the snapshot
+        self.total = 0  # the selection's size, as the snapshot counts it
+        self.short: tuple[int, int] | None = None  # (read, counted) when the selection ended short
+        self._reserve: bytearray | None = None
 
     def run(self) -> ExportResult | None:
         """The export's result, or None when it is left to the host; ExportFailed (or an interrupt) if it failed."""
-        if not self._wanted():
+        planned_export = self._plan()
+        if planned_export is None:
             return None
-        encoders = self._encoders()
+        plan, encoders = planned_export
+        self._reserve = bytearray(RESERVE)
         try:
             with ExitStack() as stack:
-                result = self._export(stack, encoders)
+                try:
+                    result = self._export(stack, plan, encoders)
+                except MemoryError as exc:  # room to unwind: the reserve, and what the failed frames held
+                    self._reserve = None
+                    traceback.clear_frames(exc.__traceback__)
+                    raise
         except BaseException as exc:
+            self._reserve = None
             if self.staging is None or not self.staging.published():
                 failure = self._failure(exc)
                 if failure is exc:
                     raise
-                raise failure from exc
+                raise failure from failure.cause if isinstance(failure, ExportFailed) else exc
             log.warning("export_batching: %s is complete; %s came after it was in place", self.job.export_dir, exc)
             return self.result
+        self._reserve = None
         return result
 
-    def _wanted(self) -> bool:
-        """Whether the plugin exports this selection (its size, counted once before anything is made); and, on
-        SQLite, whether to walk the date index (see :func:`.reading.read_batches`): decided here, outside the
-        read snapshot, which is then used for reading the rows alone."""
+    def _plan(self) -> tuple[Plan, Encoders] | None:
+        """Whether the plugin exports this selection (its size, counted once before anything is made), and if so
+        how (:mod:`.plan`): decided here, outside the read snapshot, which is then used for reading alone."""
         with self.job.engine.connect() as conn:
             self.selected = count_selection(conn, self.job.request)
-            if conn.dialect.name == "sqlite":
-                self.in_date_order = 2 * self.selected >= count_archive(conn)  # most of the archive
-        return self.settings.checksums or self.selected >= self.settings.threshold
+            if not self.settings.checksums and self.selected < self.settings.threshold:
+                return None
+            encoders = make_encoders()
+            if encoders.fallback_reason is not None:
+                log.warning(
+                    "export_batching: the installed skyarchive encodes posts differently from this plugin's fast"
+                    " encoders (%s); exporting with skyarchive's own per-post functions (slower, same bytes)",
+                    encoders.fallback_reason,
+                )
+            plan = make_plan(
+                conn, selected=self.selected, format=self.job.request.format, settings=self.settings,
+                fast_encoders=encoders.recipe is not None, beside=self.job.export_dir.parent,
+            )  # fmt: skip
+        return plan, encoders
 
-    def _encoders(self) -> Encoders:
-        encoders = make_encoders()
-        if encoders.fallback_reason is not None:
-            log.warning(
-                "export_batching: the installed skyarchive encodes posts differently from this plugin's fast"
-                " encoders (%s); exporting with skyarchive's own per-post functions (slower, same bytes)",
-                encoders.fallback_reason,
-            )
-        return encoders
-
-    def _export(self, stack: ExitStack, encoders: Encoders) -> ExportResult:
+    def _export(self, stack: ExitStack, plan: Plan, encoders: Encoders) -> ExportResult:
         """Everything, each resource's undo registered where it is made."""
         job, request, settings = self.job, self.job.request, self.settings
         self.phase = "creating the staging directory"
@@ -168,16 +157,26 @@ class _Export:
                     checksums=settings.checksums,
                 )
             )
-        progress = ProgressReporter(self.channel, interval=settings.progress_interval)
-        path = staging.path / POSTS_FILE[request.format]
-        spool_dir = spool_directory(staging.final.parent)
-        rows = stack.enter_context(RowSpool(spool_dir))
-        offload = self._offload(stack, encoders, rows, path)
-        copy_encoder = self._read(stack, encoders, media, rows, progress, offload)
-        digest = self._write(stack, encoders, copy_encoder, rows, media, progress, offload, path, spool_dir)
-        self._finish(digest, path, media, progress)
+        reporter = ProgressReporter(self.channel, interval=settings.progress_interval, threads=plan.threads)
+        progress = stack.enter_context(reporter)
+        progress.start(self.selected)
+        name = POSTS_FILE[request.format]
+        path = staging.path / name
+        self.phase = f"creating {name}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        stack.callback(os.close, fd)
+        writer = Writer(fd, path=str(path), checksums=settings.checksums,
+                        on_written=lambda batch, posts: progress.update(posts))  # fmt: skip
+        pipeline = self._pipeline(stack, plan, encoders, writer, progress)
+        self._read(pipeline, media, progress)
+        self.phase, self.batch = "writing", None
+        progress.status(f"writing {name}")
+        pipeline.drain(planned(self.total, settings.batch_size) if isinstance(pipeline.source, Copy) else ())
+        self.phase = f"finishing {name}"
+        digest = pipeline.finish(tick=progress.beat)
+        self._finish(digest, path, media, progress, pipeline.posts)
         self.result = ExportResult(
-            export_dir=job.export_dir, post_count=progress.processed, media_count=media.copied if media else 0
+            export_dir=job.export_dir, post_count=pipeline.posts, media_count=media.copied if media else 0
         )
         self.phase = "publishing"
         staging.publish()
@@ -185,177 +184,136 @@ class _Export:
         progress.done("export complete")
         return self.result
 
-    def _offload(self, stack: ExitStack, encoders: Encoders, rows: RowSpool, path: Path) -> Offload | None:
-        """The encoder process (:mod:`.offload`), where it is worth it and can be started; else None."""
-        request = self.job.request
-        options = {"json": encoders.json_options, "jsonl": encoders.jsonl_options}.get(request.format)
-        worth_it = self.settings.encoder_process and self.selected >= OFFLOAD_POSTS
-        if options is None or encoders.fallback_reason is not None or not worth_it:
-            return None
-        offload = Offload.start(
-            format=request.format, options=options, posts=path, checksums=self.settings.checksums, spool=rows.fd
-        )
-        if offload is None:
-            return None
-        stack.enter_context(offload)
-        if not self._encoded(offload.wait_ready, lambda written: None):  # before the snapshot opens
-            log.info("export_batching: the encoder process did not get ready; encoding the posts here")
-            offload.close()
-            path.unlink(missing_ok=True)  # if it had made it
-            return None
-        return offload
-
-    def _read(
-        self,
-        stack: ExitStack,
-        encoders: Encoders,
-        media: MediaCopier | None,
-        rows: RowSpool,
-        progress: ProgressReporter,
-        offload: Offload | None,
-    ) -> CopyLinesEncoder | None:
-        """Inside the read snapshot: count, list the media rows, read every post into the row spool; then end the
-        snapshot. Nothing but reading happens inside it: it lasts as long as the rows take to read, at the
-        database's speed (as skyarchive's own read does), however slow encoding or the output disk are. The
-        encoder process, if any, encodes the spooled batches meanwhile. Returns the PostgreSQL COPY path's line
-        encoder when that path reads the rows."""
-        job, request = self.job, self.job.request
-        self.phase = "counting posts"
-        snapshot = stack.enter_context(Snapshot.open(job.engine, copy=True))
-        conn = snapshot.conn
-        if snapshot.copying:
-            self.phase = "reading the selection"
-            total = snapshot.copy_selection(request, in_date_order=self.in_date_order, media=media is not None)
-            snapshot.end(complete=True)  # the archive is free from here: the rows are read from the copy
-        else:
-            total = count_selection(conn, request)
-        if media is not None:
-            self.phase = "reading the media rows"
-            media.spool(read_media_rows(conn, request, from_copy=snapshot.copying))
-            media.start()
-        batches, copy_encoder = self._stream(conn, total, encoders, from_copy=snapshot.copying)
-        stack.enter_context(closing(batches))  # its cursor, before the snapshot ends
-        stack.enter_context(progress.start(total))  # stopped first: nothing is reported once the export failed
-        progress.reading(lambda: f"reading posts: {self.read:,} of {total:,}")
-        for batch in self._reading(batches, total):
-            rows.put(batch)
-            if offload is not None:
-                offload.wake()
-                self._encoded(offload.poll, progress.update)
-            del batch  # not held while the next one is read
-        batches.close()
-        snapshot.close(complete=True)
-        progress.reading(lambda: f"all {self.read:,} posts read; writing {POSTS_FILE[request.format]}")
-        return copy_encoder
-
-    def _write(
-        self,
-        stack: ExitStack,
-        encoders: Encoders,
-        copy_encoder: CopyLinesEncoder | None,
-        rows: RowSpool,
-        media: MediaCopier | None,
-        progress: ProgressReporter,
-        offload: Offload | None,
-        path: Path,
-        spool_dir: Path,
-    ) -> str | None:
-        """Outside the snapshot: the posts file, written and synced, by the encoder process or here; its sha256
-        (with checksums), else None."""
-        name = path.name
-        if offload is not None:
-            if self._encoded(offload.wait_ready, progress.update):
-                self.phase, self.batch = f"finishing {name}", None
-                digest: str | None = self._encoded(offload.finish, progress.update, tick=progress.beat)
-                return digest
-            log.info("export_batching: the encoder process did not start; encoding the posts here")
-            offload.close()
-            path.unlink(missing_ok=True)  # if it had made it
-        checksums = self.settings.checksums
-        output = stack.enter_context(
-            posts_output(path, spool_dir=spool_dir, checksums=checksums, on_written=progress.update)
-        )
-        if copy_encoder is not None:
-            writer: PostsWriter = CsvWriter(output, encoders.csv_header, copy_encoder)
-        else:
-            writer = open_writer(self.job.request.format, output, encoders)
-        for batch in rows.batches():
-            self.phase, self.batch = "writing", Span.of(batch)
-            self._writing(writer.write_batch, batch)
-            if media is not None:
-                self.phase, self.batch = "copying media files", None
-                media.check()
-            del batch  # not held while the next one is read
-        self.phase, self.batch = f"finishing {name}", None
-        self._writing(writer.end)
-        digest = self._writing(writer.finish, tick=progress.beat)
-        return digest
-
-    def _encoded(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``call(*args, **kwargs)`` on the encoder process; what stopped it is told as the batch it was writing."""
-        try:
-            return call(*args, **kwargs)
-        except EncoderFailed as failed:
-            if failed.batch is not None:
-                self.phase, self.batch = "writing", Span(*failed.batch)
-            raise failed.cause from None
-
-    def _writing(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``write(*args, **kwargs)``; a failure of the writer thread is told as the batch it was writing."""
-        try:
-            return write(*args, **kwargs)
-        except WriteBehindError as late:  # late.tag: the batch whose posts it was writing, or None
-            if isinstance(late.tag, Batch):
-                self.phase, self.batch = "writing", Span.of(late.tag)
-            raise late.cause from None
-
-    def _reading(self, batches: Iterator[Batch], total: int) -> Iterator[Batch]:
-        """The batches, with the phase saying which one is being read (so that a failure names it)."""
-        size, read, number = self.settings.batch_size, 0, 0
-        self.read = 0
-        while True:
-            if read >= total:
-                self.phase, self.batch = f"reading the end of the selection (after post {read} of {total})", None
-            else:
-                self.phase, self.batch = "reading", Span(number + 1, read + 1, min(read + size, total))
-            batch = next(batches, None)
-            if batch is None:
-                return
-            number, read = batch.number, read + len(batch.rows)
-            self.read = read
-            yield batch
-            del batch  # not held while the next one is read
-
-    def _stream(
-        self, conn: Connection, total: int, encoders: Encoders, *, from_copy: bool
-    ) -> tuple[Generator[Batch, None, None], CopyLinesEncoder | None]:
-        """The stream of the posts' batches; and, on PostgreSQL's COPY path, its line encoder."""
+    def _pipeline(
+        self, stack: ExitStack, plan: Plan, encoders: Encoders, writer: Writer, progress: ProgressReporter
+    ) -> Pipeline:
+        """The spool (where the plan has one), the child process (where it has one and it starts), the encoders."""
         request, settings = self.job.request, self.settings
-        sizes = {"batch_size": settings.batch_size, "max_batch_bytes": settings.max_batch_bytes, "expected": total}
-        if request.format == "csv" and encoders.fields is not None and pgcopy.usable(conn):
-            stmt = pgcopy.copy_query(request, with_labels=has_labels(encoders.csv_header))
-            encode = pgcopy.copy_lines_encoder(*encoders.fields)
-            return pgcopy.read_copy_batches(conn, stmt, **sizes), encode
-        return read_batches(conn, request, in_date_order=self.in_date_order, from_copy=from_copy, **sizes), None
+        self.plan = plan
+        source: Copy | Spool | None = None
+        if plan.source != DIRECT:
+            self.phase = "creating the spool"
+            try:
+                where = stack.enter_context(private_directory(plan.spool_dir or Path("/")))
+                source = (
+                    Copy(str(where / "copy.db")) if plan.source == COPY else Spool(str(where / "rows"), append=True)
+                )
+            except OSError as exc:  # descriptors, room, permissions: no spool
+                log.info("export_batching: no spool (%s); reading while writing", exc.strerror or exc)
+                self.plan = plan = replace(plan, source=DIRECT, child=False)
+            else:
+                stack.callback(source.close)
+        recipe = None
+        if encoders.recipe is not None:
+            recipe = replace(encoders.recipe, format=request.format, fast=plan.fast, copy_lines=plan.copy_lines)
+            encode = batch_encoder(recipe, SkyarchiveError)
+        else:
+            encode = encoders.by_format[request.format]
+        self.with_labels = encoders.with_labels
+        child = None
+        if plan.child and source is not None and recipe is not None:
+            self.phase = "starting the encoder process"
+            config = Pipeline.child_config(recipe, source=source, writer=writer, budget=settings.max_batch_bytes)
+            child = Child.start(config, pass_fds=(writer.fd,), post_error=SkyarchiveError)
+            if child is not None:
+                stack.enter_context(child)
+        framing = Framing(request.format, encode, head=encoders.head(request.format))
+        return Pipeline(framing, source=source, writer=writer, child=child, budget=settings.max_batch_bytes,
+                        on_written=progress.update)  # fmt: skip
 
-    def _finish(self, digest: str | None, path: Path, media: MediaCopier | None, progress: ProgressReporter) -> None:
+    def _read(self, pipeline: Pipeline, media: MediaCopier | None, progress: ProgressReporter) -> None:
+        """The read snapshot: the selection copied (SQLite), spooled, or (no spool) encoded as it is read; then
+        ended. Nothing else happens inside it: no console output, no waiting on the disk (but without a spool)."""
+        job, request = self.job, self.job.request
+        source = pipeline.source
+        if isinstance(source, Copy):
+            self.phase = "copying the selection"
+            progress.status("copying the selection")
+            try:
+                with progress.quiet(), Snapshot.open(job.engine, copy_to=source.path, room=self.plan.room) as snapshot:
+                    self.total = snapshot.copy_selection(request, media=media is not None)
+            except NoRoom as exc:
+                self._no_room(pipeline, exc)
+            else:
+                self.phase = "sorting the selection"
+                progress.status("sorting the selection")
+                source.sort()
+                if media is not None:
+                    self.phase = "reading the media rows"
+                    media.spool(source.media_rows())
+                    media.start(threads=self.plan.threads)
+                progress.total = self.total
+                return
+        with progress.quiet(), Snapshot.open(job.engine) as snapshot:
+            self.phase = "counting posts"
+            self.total = progress.total = count_selection(snapshot.conn, request)
+            if media is not None:
+                self.phase = "reading the media rows"
+                media.spool(media_rows(snapshot.conn, request))
+            self._stream(snapshot, pipeline)
+            snapshot.end(complete=True)
+        progress.total = self.total
+        if self.short is not None:
+            log.warning("export_batching: the selection ended after %d of %d counted posts", *self.short)
+        if media is not None:
+            media.start(threads=self.plan.threads)
+
+    def _no_room(self, pipeline: Pipeline, exc: NoRoom) -> None:
+        """The copy outgrew its room: no spool (the copy is dropped), said once, once the snapshot has ended."""
+        where = self.plan.spool_dir
+        pipeline.without_spool()
+        log.warning(
+            "export_batching: no room for a copy of the selection in %s (%s; TMPDIR sets where): reading the"
+            " archive while the posts are written, as skyarchive does",
+            where, exc,
+        )  # fmt: skip
+        self.plan = replace(self.plan, source=DIRECT, child=False)
+
+    def _stream(self, snapshot: Snapshot, pipeline: Pipeline) -> None:
+        """The selection's rows, one streamed statement, into the spool or (no spool) through the encoders."""
+        request, settings, conn = self.job.request, self.settings, snapshot.conn
+        if self.plan.copy_lines:
+            stream: Any = pgcopy.CopyRows(conn, pgcopy.copy_query(request, with_labels=self.with_labels))
+            size_of: Any = len
+        else:
+            stream, size_of = open_stream(conn, posts_query(request), batch_size=settings.batch_size), row_size
+        spool = pipeline.source if isinstance(pipeline.source, Spool) else None
+        try:
+            for block in planned(self.total, settings.batch_size):
+                self.phase, self.batch = "reading", block.span
+                offset, read = spool.size if spool else 0, 0
+                for chunk in chunks(
+                    stream.fetchmany, rows=block.count, budget=settings.max_batch_bytes, size_of=size_of
+                ):
+                    if spool is not None:
+                        spool.append(chunk)
+                    else:
+                        pipeline.write_chunk(block, chunk, opening=block.first + read == 0)
+                    read += len(chunk[0])
+                if spool is not None and read:
+                    pipeline.put(Block(block.number, block.first, read, offset, spool.size - offset))
+                if read < block.count:
+                    self.short = (block.first + read, self.total)
+                    self.total = block.first + read
+                    break
+        finally:
+            stream.close()  # the cursor must not outlive the snapshot
+
+    def _finish(
+        self, digest: str | None, path: Path, media: MediaCopier | None, progress: ProgressReporter, posts: int
+    ) -> None:
         """Outside the snapshot, the posts file written: the media copied, the manifest, the sums, one sync."""
         assert self.staging is not None
         staging = self.staging
-        progress.finishing(self._status(progress, media))
+        progress.status(self._status(media))
         if media is not None:
             self.phase = "copying media files"
             media.wait(tick=progress.beat)
         self.phase = f"writing {MANIFEST_NAME}"
         write_manifest(
-            staging.path,
-            request=self.job.request,
-            exported_at=self.job.started_at,
-            post_count=progress.processed,
-            media_count=media.copied if media else 0,
-            media_skipped=media.skipped if media else 0,
-            exporter=EXPORTER,
-        )
+            staging.path, request=self.job.request, exported_at=self.job.started_at, post_count=posts,
+            media_count=media.copied if media else 0, media_skipped=media.skipped if media else 0, exporter=EXPORTER,
+        )  # fmt: skip
         if digest is not None:
             self.phase = f"writing {SUMS_NAME}"
             media_sums = media.sums() if media is not None else iter(())
@@ -367,7 +325,7 @@ class _Export:
         self.phase = "syncing to disk"
         sync_tree(staging.path)
 
-    def _status(self, progress: ProgressReporter, media: MediaCopier | None) -> Any:
+    def _status(self, media: MediaCopier | None) -> Any:
         """What the export is doing once every post is written (for the progress line)."""
 
         def status() -> str:
@@ -388,7 +346,8 @@ class _Export:
     # -- what the user is told ------------------------------------------------------------------------
 
     def _failure(self, exc: BaseException) -> BaseException:
-        """The exception to raise for ``exc``; everything has been unwound by now."""
+        """The exception to raise for ``exc``; everything has been unwound by now. The one place where a failed
+        batch (:class:`.blocks.BatchFailed`, from any thread or process) becomes the export's failure."""
         leftover = ""
         left = self.staging.removal_error if self.staging is not None else None
         if left is not None and self.staging is not None:
@@ -397,7 +356,12 @@ class _Export:
             if leftover:
                 log.warning("export_batching: interrupted%s", leftover)
             return exc
-        return ExportFailed(self.phase, exc, self._describe(exc), batch=self.batch, leftover=leftover)
+        phase, batch, cause = self.phase, self.batch, exc
+        if isinstance(exc, BatchFailed):
+            if exc.span is not None:
+                phase, batch = "writing", exc.span
+            cause = exc.cause  # type: ignore[assignment]  # an Exception: an interrupt is not carried
+        return ExportFailed(phase, cause, self._describe(cause), batch=batch, leftover=leftover)
 
     def _describe(self, exc: BaseException) -> str:
         """One line for any failure; an OSError names the file as the user will know it."""

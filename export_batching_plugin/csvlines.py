@@ -37,6 +37,11 @@ from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
+from orjson import JSONDecodeError
+from orjson import loads as _loads
+
+from .jsonenc import Parser
+
 #: 3.10's csv.writer raises on NUL (cpython#97503); 3.11+ write it unquoted.
 NUL_RAISES = sys.version_info < (3, 11)
 
@@ -136,5 +141,118 @@ def posts_csv_encoder(*, with_labels: bool, media_of: Field, labels_of: Field) -
         if NUL_RAISES and "\0" in out:  # 3.10: a NUL in the text; csv.writer raises its error
             return exact(rows)
         return out
+
+    return encode
+
+
+def _hash_of(url: Any) -> str | None:
+    if not isinstance(url, str) or not url:
+        return None
+    return url.rsplit("/", 1)[-1].split("@", 1)[0] or None
+
+
+def _image_hashes(images: Any) -> list[str | None]:
+    if not isinstance(images, list):
+        return []
+    return [_hash_of(image.get("fullsize")) for image in images if isinstance(image, dict)]
+
+
+def media_hashes(embed: Any) -> list[str]:
+    """The media hashes an embed names (images' and media.images' fullsize, external.thumb), as skyarchive's
+    ``media_hashes`` finds them: a copy of it, so that the child process needs no skyarchive; the self-check
+    (:mod:`.selfcheck`) proves the lines it makes equal to the installed host's ``csv_row``."""
+    if not isinstance(embed, dict):
+        return []
+    found = _image_hashes(embed.get("images"))
+    media = embed.get("media")
+    if isinstance(media, dict):
+        found += _image_hashes(media.get("images"))
+    external = embed.get("external")
+    if isinstance(external, dict):
+        found.append(_hash_of(external.get("thumb")))
+    return [h for h in found if h]
+
+
+def label_values(labels: Any) -> list[str]:
+    """The ``val`` of each label object, in order (skyarchive's ``label_values``; see :func:`media_hashes`)."""
+    if not isinstance(labels, list):
+        return []
+    return [str(label["val"]) for label in labels if isinstance(label, dict) and label.get("val") is not None]
+
+
+def fields(error: type[Exception], *, fast: bool = True) -> tuple[Field, Field]:
+    """``(media_of, labels_of)``: the MediaFiles and Labels fields of a post, as the host computes them
+    (``";".join(media_hashes(simplejson.loads(embed_data)))``; ``error``: what invalid JSON raises).
+
+    With ``fast``, the embed is parsed with orjson (half the time), and on any orjson error with simplejson,
+    which then decides (a document orjson refuses but simplejson takes: NaN, a lone surrogate, a BOM, 1e400;
+    or the host's error). ``media_hashes`` keeps only ``str`` values, on which the two parsers agree, as on
+    lists, objects and duplicate keys (the last wins); they differ only on numbers (orjson makes integers
+    beyond 64 bits floats), which it ignores. Labels: ``str(label["val"])`` shows numbers, so orjson's parse
+    is used only when every ``val`` is a str (or missing).
+    """
+    parse = Parser(error)
+
+    def media_of(embed_data: Any, uri: Any) -> str:
+        try:
+            if not fast:
+                raise TypeError
+            embed = _loads(embed_data)
+        except (JSONDecodeError, TypeError):  # TypeError: not str or bytes (a number in a TEXT column)
+            embed = parse(embed_data, "embed_data", uri)
+        return ";".join(media_hashes(embed))
+
+    def labels_of(labels: Any, uri: Any) -> str:
+        try:
+            parsed = _loads(labels) if fast else None
+        except (JSONDecodeError, TypeError):
+            parsed = None
+        else:
+            if isinstance(parsed, list) and all(
+                not isinstance(label, dict) or label.get("val") is None or isinstance(label["val"], str)
+                for label in parsed
+            ):
+                return ";".join(label_values(parsed))
+        return ";".join(label_values(parse(labels, "labels", uri)))
+
+    return media_of, labels_of
+
+
+def copy_lines_encoder(media_of: Field, labels_of: Field) -> Callable[[Sequence[bytes]], bytes]:
+    """PostgreSQL's COPY CSV rows of :func:`.pgcopy.copy_query` (bytes, each ending with ``\\n``) -> their posts.csv
+    lines, with MediaFiles and Labels put in (see :mod:`.pgcopy`)."""
+
+    def value(field: bytes) -> str | None:
+        if not field:
+            return None  # NULL
+        if field == b'""':
+            return ""  # an empty string: PostgreSQL quotes it
+        return bytes.fromhex(field.decode("ascii")).decode("utf-8")
+
+    def fields(embed: str | None, labels: str | None, uri: Any) -> tuple[str, str]:
+        return (
+            "" if embed is None else media_of(embed, uri),
+            "" if labels is None else labels_of(labels, uri),
+        )
+
+    def splice(row: bytes) -> bytes:
+        _has_json, embed_hex, labels_hex, after, rest = row.split(b",", 4)
+        rest = rest[:-1]
+        embed, labels = value(embed_hex), value(labels_hex)
+        try:
+            media, label = fields(embed, labels, None)
+        except Exception:  # the host's message names the post: its uri, from the line (rare)
+            uri = next(csv.reader([rest.decode("utf-8")]))[0]
+            media, label = fields(embed, labels, uri)
+        if media:
+            cut = len(rest) - int(after)
+            rest = rest[:cut] + csv_field(media).encode("utf-8") + rest[cut:]
+        if label:
+            rest += csv_field(label).encode("utf-8")
+        return rest
+
+    def encode(rows: Sequence[bytes]) -> bytes:
+        lines = [row[5:-1] if row[:1] == b"0" else splice(row) for row in rows]
+        return b"\r\n".join(lines) + b"\r\n" if lines else b""
 
     return encode

@@ -65,10 +65,6 @@ class PerPost:
     #: The simplejson options of one posts.jsonl line (skyarchive 0.5), or None on a host without JSON Lines.
     jsonl_options: Mapping[str, Any] | None
     csv_header: tuple[str, ...]
-    #: Undocumented and optional: used by the fast CSV path where present, so that it shares the
-    #: host's own code; the self-check (selfcheck.self_check) proves that path equal to ``csv_row``.
-    media_hashes: Callable[[Any], list[str]] | None
-    label_values: Callable[[Any], list[str]] | None
 
 
 def has_labels(csv_header: Sequence[str]) -> bool:
@@ -85,8 +81,6 @@ def per_post() -> PerPost:
         json_options=export.JSON_OPTIONS,
         jsonl_options=getattr(export, "JSONL_OPTIONS", None),
         csv_header=tuple(export.CSV_HEADER),
-        media_hashes=getattr(export, "media_hashes", None),
-        label_values=getattr(export, "label_values", None),
     )
 
 
@@ -97,11 +91,6 @@ def hook_arguments() -> tuple[str, ...]:
 
 def _parameters(function: Callable[..., Any]) -> list[str]:
     return list(inspect.signature(function).parameters)
-
-
-def _optional(module: Any, name: str, parameters: list[str]) -> bool:
-    found = getattr(module, name, None)
-    return found is None or (callable(found) and _parameters(found) == parameters)
 
 
 def _fields(cls: type) -> set[str]:
@@ -141,8 +130,6 @@ def contract_problems() -> list[str]:
         ),
         (tuple(posts_table.columns.keys()) == POST_COLUMNS, "the posts table's columns"),
         (tuple(media_table.columns.keys()) == MEDIA_COLUMNS, "the media table's columns"),
-        (_optional(export, "media_hashes", ["embed"]), "media_hashes(embed)"),
-        (_optional(export, "label_values", ["labels"]), "label_values(labels)"),
     ]
     return [what for ok, what in checks if not ok]
 

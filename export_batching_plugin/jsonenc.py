@@ -123,45 +123,50 @@ def _in_runs(
         yield fast(run)
 
 
-def json_items(options: Mapping[str, Any], *, error: type[Exception]) -> BatchEncoder:
+def json_items(options: Mapping[str, Any], *, error: type[Exception], fast: bool = True) -> BatchEncoder:
     """Encode rows (in schema order) to the items of a posts.json array, indented as in the host's file
-    (``options``: its simplejson options, ``JSON_OPTIONS``; ``error``: what invalid JSON in a post raises)."""
+    (``options``: its simplejson options, ``JSON_OPTIONS``; ``error``: what invalid JSON in a post raises).
+    Without ``fast``, everything is encoded by simplejson: where memory is limited (orjson cannot fail an
+    allocation: it crashes the process), which raises MemoryError instead."""
     records = records_of(Parser(error))
     slow = simplejson.JSONEncoder(**options).encode
 
     def simple(run: list[dict[str, Any]]) -> memoryview:
         return memoryview(with_room(slow, run).encode("utf-8"))[2:-2]  # "[\n" + items + "\n]" -> items
 
-    def fast(run: list[dict[str, Any]]) -> memoryview:
+    def orjson(run: list[dict[str, Any]]) -> memoryview:
         try:
             return memoryview(_dumps(run, option=OPT_INDENT_2))[2:-2]
         except TypeError:  # an integer beyond 64 bits, bytes, a lone surrogate: simplejson decides
             return simple(run)
 
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[memoryview]:
-        return _in_runs(records(rows, sizes), sizes, fast, lambda record: simple([record]))
+        return _in_runs(records(rows, sizes), sizes, orjson if fast else simple, lambda record: simple([record]))
 
     return encode
 
 
-def jsonl_lines(options: Mapping[str, Any], *, error: type[Exception]) -> BatchEncoder:
+def jsonl_lines(options: Mapping[str, Any], *, error: type[Exception], fast: bool = True) -> BatchEncoder:
     """Encode rows (in schema order) to posts.jsonl lines, each ending in a newline, as the host writes them:
     ``simplejson.dumps(post_record(post), **JSONL_OPTIONS)`` and a newline (``options``: ``JSONL_OPTIONS``).
     orjson's compact output is simplejson's with ``separators=(",", ":")`` and ``ensure_ascii=False``, for the
-    same values as in posts.json."""
+    same values as in posts.json. ``fast``: as for :func:`json_items`."""
     records = records_of(Parser(error))
     slow = simplejson.JSONEncoder(**options).encode
 
     def simple(record: dict[str, Any]) -> bytes:
         return (with_room(slow, record) + "\n").encode("utf-8")
 
-    def fast(run: list[dict[str, Any]]) -> bytes:
+    def in_simplejson(run: list[dict[str, Any]]) -> bytes:
+        return b"".join(map(simple, run))
+
+    def orjson(run: list[dict[str, Any]]) -> bytes:
         try:
             return b"\n".join(map(_dumps, run)) + b"\n"
         except TypeError:  # as in posts.json: simplejson decides, record by record
-            return b"".join(map(simple, run))
+            return in_simplejson(run)
 
     def encode(rows: Sequence[Sequence[Any]], sizes: Sequence[int]) -> Iterator[bytes]:
-        return _in_runs(records(rows, sizes), sizes, fast, simple)
+        return _in_runs(records(rows, sizes), sizes, orjson if fast else in_simplejson, simple)
 
     return encode

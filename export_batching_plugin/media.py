@@ -85,11 +85,12 @@ class MediaCopier:
         self._spool.flush()
         self._spool.seek(0)
 
-    def start(self) -> None:
-        """Start copying on the worker threads; where they cannot all be started, :meth:`wait` copies instead."""
+    def start(self, *, threads: bool = True) -> None:
+        """Start copying on the worker threads; where they cannot all be started (or ``threads`` is off),
+        :meth:`wait` copies instead."""
         doing = "copying media files, once the posts are read,"
         for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
-            worker = start_thread(self._work, f"export-media-{n}", n, doing=doing)
+            worker = start_thread(self._work, f"export-media-{n}", n, doing=doing) if threads else None
             if worker is None:
                 break
             self._threads.append(worker)

@@ -26,9 +26,6 @@ cannot be read a batch at a time), and a UTF-8 client encoding.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Generator, Sequence
-from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -36,13 +33,7 @@ from sqlalchemy import case, func, literal_column, null, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement, Select
 
-from .csvlines import Field, csv_field
-from .host import POST_ORDER, ExportRequest, SkyarchiveError, posts_table, selection_criteria
-from .reading import batches_of_stream
-from .rows import Batch
-
-#: COPY rows (bytes, each ending with ``\n``) -> their posts.csv lines.
-CopyLinesEncoder = Callable[[Sequence[bytes]], bytes]
+from .host import POST_ORDER, ExportRequest, posts_table, selection_criteria
 
 
 def _sql(text: str) -> ColumnElement[Any]:
@@ -126,52 +117,3 @@ class CopyRows:
                 self._block.__exit__(_Abandoned, _Abandoned(), None)
         finally:
             self._cursor.close()
-
-
-def copy_lines_encoder(media_of: Field, labels_of: Field) -> CopyLinesEncoder:
-    """COPY rows of :func:`copy_query` -> their posts.csv lines, with MediaFiles and Labels put in."""
-
-    def value(field: bytes) -> str | None:
-        if not field:
-            return None  # NULL
-        if field == b'""':
-            return ""  # an empty string: PostgreSQL quotes it
-        return bytes.fromhex(field.decode("ascii")).decode("utf-8")
-
-    def fields(embed: str | None, labels: str | None, uri: Any) -> tuple[str, str]:
-        return (
-            "" if embed is None else media_of(embed, uri),
-            "" if labels is None else labels_of(labels, uri),
-        )
-
-    def splice(row: bytes) -> bytes:
-        _has_json, embed_hex, labels_hex, after, rest = row.split(b",", 4)
-        rest = rest[:-1]
-        embed, labels = value(embed_hex), value(labels_hex)
-        try:
-            media, label = fields(embed, labels, None)
-        except SkyarchiveError:  # the host's message names the post: its uri, from the line (rare)
-            uri = next(csv.reader([rest.decode("utf-8")]))[0]
-            media, label = fields(embed, labels, uri)
-        if media:
-            cut = len(rest) - int(after)
-            rest = rest[:cut] + csv_field(media).encode("utf-8") + rest[cut:]
-        if label:
-            rest += csv_field(label).encode("utf-8")
-        return rest
-
-    def encode(rows: Sequence[bytes]) -> bytes:
-        lines = [row[5:-1] if row[:1] == b"0" else splice(row) for row in rows]
-        return b"\r\n".join(lines) + b"\r\n" if lines else b""
-
-    return encode
-
-
-def read_copy_batches(
-    conn: Connection, stmt: Select[Any], *, batch_size: int, max_batch_bytes: int, expected: int
-) -> Generator[Batch, None, None]:
-    """Like :func:`.reading.read_batches`, from the COPY of ``stmt``: each row is the bytes of one COPY line."""
-    return batches_of_stream(
-        partial(CopyRows, conn, stmt), batch_size=batch_size, max_batch_bytes=max_batch_bytes, expected=expected,
-        size_of=len,
-    )  # fmt: skip

@@ -11,54 +11,40 @@ per-post functions instead: slower, the same bounded memory, the host's bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import simplejson
 
 from . import host
-from .csvlines import LinesEncoder
-from .encoding import (
-    CSV_15,
-    Encoders,
-    Post,
-    csv_lines_encoder,
-    fields_of,
-    host_csv_lines,
-    host_json_encoder,
-    host_jsonl_encoder,
-    json_batch_encoder,
-    jsonl_batch_encoder,
-)
+from .blocks import row_size
+from .encoding import CSV_15, Encoders, Post, host_csv_lines, host_json_encoder, host_jsonl_encoder
 from .jsonenc import LARGE_RECORD, BatchEncoder
-from .rows import row_size
+from .worker import Recipe, batch_encoder, lines_encoder
 
 
 def make_encoders() -> Encoders:
     """The fast encoders when they pass :func:`self_check` on the installed host, else the host's own code."""
     per_post = host.per_post()
     header = per_post.csv_header
+    formats = ["json", "csv"] + (["jsonl"] if per_post.jsonl_options is not None else [])
     reason: str | None
     if header not in (CSV_15, (*CSV_15, "Labels")):
         reason = f"its posts.csv header is {', '.join(header)}"
     else:
-        try:
-            fields = fields_of(per_post)
-        except ValueError as exc:
-            reason = str(exc)
-        else:
-            fast_json, fast_csv = json_batch_encoder(per_post), csv_lines_encoder(per_post, fields)
-            fast_jsonl = jsonl_batch_encoder(per_post) if per_post.jsonl_options is not None else None
-            reason = self_check(per_post, fast_json, fast_csv, fast_jsonl)
-            if reason is None:
-                return Encoders(
-                    fast_json, fast_csv, header, jsonl=fast_jsonl, fields=fields,
-                    json_options=per_post.json_options, jsonl_options=per_post.jsonl_options,
-                )  # fmt: skip
-    host_jsonl = host_jsonl_encoder(per_post) if per_post.jsonl_options is not None else None
-    return Encoders(
-        host_json_encoder(per_post), host_csv_lines(per_post), header, jsonl=host_jsonl, fallback_reason=reason
-    )
+        recipe = Recipe("", per_post.json_options, per_post.jsonl_options, with_labels=host.has_labels(header))
+        fast = {f: batch_encoder(replace(recipe, format=f), host.SkyarchiveError) for f in formats}
+        reason = self_check(per_post, fast["json"], fast["csv"], fast.get("jsonl"))
+        if reason is None:
+            return Encoders(fast, header, recipe=recipe)
+    slow: dict[str, BatchEncoder] = {
+        "json": host_json_encoder(per_post),
+        "csv": lines_encoder(host_csv_lines(per_post)),
+    }
+    if per_post.jsonl_options is not None:
+        slow["jsonl"] = host_jsonl_encoder(per_post)
+    return Encoders(slow, header, fallback_reason=reason)
 
 
 _BASE = (
@@ -145,29 +131,29 @@ def _outcome(produce: Callable[[], bytes]) -> bytes | str:
 def self_check(
     per_post: host.PerPost,
     encode_json: BatchEncoder,
-    encode_csv: LinesEncoder,
+    encode_csv: BatchEncoder,
     encode_jsonl: BatchEncoder | None = None,
 ) -> str | None:
     """None when the fast encoders give the host's bytes on every probe row; else what differed."""
     whole = simplejson.JSONEncoder(**per_post.json_options).encode
     host_lines = host_csv_lines(per_post)
 
+    def run(encode: BatchEncoder, rows: list[tuple[Any, ...]]) -> list[bytes]:
+        return [bytes(piece) for piece in encode(rows, [row_size(row) for row in rows])]
+
     def host_json(rows: list[tuple[Any, ...]]) -> bytes:
         return whole([per_post.post_record(Post._make(row)) for row in rows]).encode("utf-8")
 
     def fast_json(rows: list[tuple[Any, ...]]) -> bytes:
-        items = b",\n".join(bytes(item) for item in encode_json(rows, [row_size(row) for row in rows]))
+        items = b",\n".join(run(encode_json, rows))
         return b"[\n" + items + b"\n]" if items else b"[]"
 
     def host_csv(rows: list[tuple[Any, ...]]) -> bytes:
         return host_lines(rows).encode("utf-8")
 
-    def fast_csv(rows: list[tuple[Any, ...]]) -> bytes:
-        return encode_csv(rows).encode("utf-8")
-
     checks: list[tuple[str, Callable[[list[tuple[Any, ...]]], bytes], Callable[[list[tuple[Any, ...]]], bytes]]] = [
         ("posts.json", host_json, fast_json),
-        ("posts.csv", host_csv, fast_csv),
+        ("posts.csv", host_csv, lambda rows: b"".join(run(encode_csv, rows))),
     ]
     if encode_jsonl is not None and per_post.jsonl_options is not None:
         line = simplejson.JSONEncoder(**per_post.jsonl_options).encode
@@ -175,10 +161,7 @@ def self_check(
         def host_jsonl(rows: list[tuple[Any, ...]]) -> bytes:
             return "".join(line(per_post.post_record(Post._make(row))) + "\n" for row in rows).encode("utf-8")
 
-        def fast_jsonl(rows: list[tuple[Any, ...]]) -> bytes:
-            return b"".join(bytes(piece) for piece in encode_jsonl(rows, [row_size(row) for row in rows]))
-
-        checks.append(("posts.jsonl", host_jsonl, fast_jsonl))
+        checks.append(("posts.jsonl", host_jsonl, lambda rows: b"".join(run(encode_jsonl, rows))))
     good: dict[str, list[tuple[Any, ...]]] = {what: [] for what, _, _ in checks}  # the rows the host encodes
     for row in probe_rows():
         for what, expected, actual in checks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,3 +96,12 @@ def seeded_folder(archive_folder: ArchiveFolder) -> ArchiveFolder:
     """An archive with 300 posts (media every 10th post)."""
     archive_folder.seed(300, "--media-every", "10")
     return archive_folder
+
+
+@pytest.fixture(autouse=True)
+def own_temporary_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TMPDIR of each test's own, for the spools of its exports (and what one may leave: see no_spool_left)."""
+    folder = tmp_path_factory.mktemp("TMPDIR")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -256,3 +256,47 @@ def open_fds() -> set[str]:
         except FileNotFoundError:
             continue
     return found
+
+
+def fail_writing(monkeypatch: Any, *, batch: int, error: BaseException) -> None:
+    """Make the export's own writing of posts file batch ``batch`` fail with ``error`` (its file named)."""
+    from export_batching_plugin import worker
+
+    original = worker.Writer.write
+
+    def write(self: Any, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        if batch is not None and batch.number == wanted:
+            if isinstance(error, OSError) and error.filename is None:
+                error.filename = self.path
+            raise error
+        original(self, pieces, batch=batch, posts=posts)
+
+    wanted = batch
+    monkeypatch.setattr(worker.Writer, "write", write)
+
+
+def force_plan(monkeypatch: Any, *, source: str, child: bool) -> list[Any]:
+    """Make every export follow ``source`` (``copy``, ``spool`` or ``direct``), with or without a child process,
+    whatever its plan would have chosen (the rest of the plan as chosen); the plans the exports made."""
+    import dataclasses
+
+    from export_batching_plugin import batched
+
+    original = batched.make_plan
+    made: list[Any] = []
+
+    def make(conn: Any, **kwargs: Any) -> Any:
+        chosen = original(conn, **kwargs)
+        forced = dataclasses.replace(chosen, source=source, child=child, room=1 << 40 if source != "direct" else 0)
+        made.append(forced)
+        return forced
+
+    monkeypatch.setattr(batched, "make_plan", make)
+    return made
+
+
+def no_spool_left() -> bool:
+    """Whether no spool directory of an export is left in TMPDIR."""
+    import tempfile
+
+    return not list(Path(tempfile.gettempdir()).glob("export-batching-*"))

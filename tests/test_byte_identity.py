@@ -1,6 +1,7 @@
-"""Differential tests on SQLite: the plugin's posts file equals the host's, byte for byte, or both fail alike.
+"""Differential tests on SQLite: the plugin's posts file equals the host's, byte for byte, or both fail alike,
+on every plan the export can follow (the copy, a spool, none; with a child process and without).
 
-Runs against whichever host release tox installed (env factor host03/host04);
+Runs against whichever host release tox installed (env factor host03/host04/host05);
 tests/test_postgresql.py runs the same check on PostgreSQL.
 """
 
@@ -17,7 +18,10 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from .differential import STAMPS, TRICKY_NUMBERS, fill, posts, run_both
-from .harness import FORMATS, export, make_engine
+from .harness import FORMATS, export, force_plan, make_engine
+
+#: Every plan the export can follow: (where the rows wait, whether a child process encodes too).
+PLANS = [("copy", False), ("copy", True), ("spool", False), ("spool", True), ("direct", False)]
 
 
 def build(tmp: Path, templates: list[dict[str, Any]], count: int) -> Engine:
@@ -37,9 +41,10 @@ def build(tmp: Path, templates: list[dict[str, Any]], count: int) -> Engine:
     window=st.one_of(
         st.none(), st.tuples(st.sampled_from(STAMPS), st.sampled_from([*STAMPS, "2025-01-15", "2025-02-10"]))
     ),
+    plan=st.sampled_from(PLANS),
 )
-@example(templates=[], count=0, batch=None, format="json", budget=None, window=None)
-@example(templates=[], count=0, batch=None, format="csv", budget=None, window=None)
+@example(templates=[], count=0, batch=None, format="json", budget=None, window=None, plan=PLANS[0])
+@example(templates=[], count=0, batch=None, format="csv", budget=None, window=None, plan=PLANS[1])
 def test_random_archives(
     templates: list[dict[str, Any]],
     count: int,
@@ -47,10 +52,12 @@ def test_random_archives(
     format: str,
     budget: int | None,
     window: tuple[str, str] | None,
+    plan: tuple[str, bool],
 ) -> None:
     batch_size = batch.draw(st.integers(1, count + 2), label="batch_size") if batch is not None else 1000
     since, until = sorted(window) if window else (None, None)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as monkeypatch:
+        force_plan(monkeypatch, source=plan[0], child=plan[1])
         engine = build(Path(tmp), templates, count)
         try:
             run_both(
@@ -66,9 +73,20 @@ def test_random_archives(
             engine.dispose()
 
 
-@pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2001])
-@pytest.mark.parametrize("format", FORMATS)
-def test_counts_around_the_default_batch_size(tmp_path: Path, count: int, format: str) -> None:
+#: Each count in each format, the plans taken in turn (every plan meets several counts and every format).
+AROUND = [
+    (count, format, PLANS[n % len(PLANS)])
+    for n, (count, format) in enumerate((c, f) for c in (0, 1, 999, 1000, 1001, 2001) for f in FORMATS)
+]
+
+
+@pytest.mark.parametrize(
+    ("count", "format", "plan"), AROUND, ids=[f"{c}-{f}-{s}{'+child' if k else ''}" for c, f, (s, k) in AROUND]
+)
+def test_counts_around_the_default_batch_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, format: str, plan: tuple[str, bool]
+) -> None:
+    force_plan(monkeypatch, source=plan[0], child=plan[1])
     templates = [
         {"text": "plain"},
         {"text": 'a "quote", a comma\nand a newline', "embed_type": "images",

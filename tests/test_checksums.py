@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from export_batching_plugin import batched
 from export_batching_plugin.checksums import file_digest, sums_line
 
 from .conftest import DID, ArchiveFolder
-from .harness import FORMATS, archive_with_media, export, post_row
+from .harness import FORMATS, archive_with_media, export, fail_writing, post_row
 
 SHA256SUM = shutil.which("sha256sum")
 needs_sha256sum = pytest.mark.skipif(SHA256SUM is None, reason="no sha256sum on this machine (GNU coreutils)")
@@ -173,22 +172,10 @@ def test_sums_lines_match_what_sha256sum_writes(tmp_path: Path) -> None:
 def test_a_failure_mid_export_with_checksums_on_leaves_nothing(
     media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hashing thread is stopped with the rest; nothing is published."""
-    from export_batching_plugin import writing
-
+    """Nothing is published, no SHA256SUMS is left."""
     engine, media_dir = media_archive
-    calls = {"n": 0}
-    original = writing.JsonWriter.write_batch
-
-    def fails_second(self: Any, batch: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device", str(self.path))
-        original(self, batch)
-
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", fails_second)
+    fail_writing(monkeypatch, batch=2, error=OSError(28, "No space left on device"))
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 5, "checksums": True},
                      media=True, media_dir=media_dir)  # fmt: skip
     assert outcome.job is not None and str(outcome.error).startswith("writing batch 2 (posts 6-10) failed: disk full")
     assert [p for p in tmp_path.rglob("*") if p.name == "SHA256SUMS" or ".staging-" in p.name] == []
-    assert not any(t.name == "export-sha256" for t in threading.enumerate())

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from export_batching_plugin import csvlines, encoding, host
+from export_batching_plugin import csvlines, host
 
 Post = namedtuple("Post", host.POST_COLUMNS)  # type: ignore[misc]
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -162,8 +162,10 @@ def host_text(batch: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-ENCODE = encoding.csv_lines_encoder(host.per_post())
-MEDIA_OF, _ = encoding.fields_of(host.per_post())
+MEDIA_OF, LABELS_OF = csvlines.fields(host.SkyarchiveError)
+ENCODE = csvlines.posts_csv_encoder(
+    with_labels=host.has_labels(host.per_post().csv_header), media_of=MEDIA_OF, labels_of=LABELS_OF
+)
 
 
 @SETTINGS

@@ -27,10 +27,21 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 from sqlalchemy.exc import OperationalError
 
-from export_batching_plugin import batched, host, output, reading, staging, writing
+from export_batching_plugin import batched, blocks, host, reading, staging, worker
+from export_batching_plugin.blocks import Span
+from export_batching_plugin.plan import COPY, DIRECT, SPOOL
 
 from .conftest import plugin_toml
-from .harness import archive_with_media, export, make_engine, plugin_manager, post_row, status_lines
+from .harness import (
+    archive_with_media,
+    export,
+    force_plan,
+    make_engine,
+    no_spool_left,
+    plugin_manager,
+    post_row,
+    status_lines,
+)
 
 SETTINGS = {"threshold": 0, "batch_size": 10}
 
@@ -79,7 +90,7 @@ class FaultyStream:
 
 
 def faulty_stream(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
-    """Wraps reading.open_stream: the rows it returns fail their fetches through ``fault``."""
+    """Wraps open_stream: the rows it returns fail their fetches through ``fault``."""
     return lambda *args, **kwargs: FaultyStream(original(*args, **kwargs), fault)
 
 
@@ -88,24 +99,33 @@ def same(original: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
 
 
 WRITE_BATCH = r"writing batch (?P<batch>\d+) \(posts (?P<first>\d+)-(?P<last>\d+)\)"
-READ_BATCH = (
-    r"reading (the media rows|batch (?P<batch>\d+) \(posts (?P<first>\d+)-(?P<last>\d+)\)"
-    r"|the end of the selection \(after post 45 of 45\))"
-)
+READ_BATCH = r"reading batch (?P<batch>\d+) \(posts (?P<first>\d+)-(?P<last>\d+)\)"
 LOST = r"\(builtins.Exception\) server closed the connection unexpectedly"
-# (owner, attribute, error, how to wrap, what the error must say): each is one kind of operation of the batched path.
-OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[..., Any], str]] = {
+#: (owner, attribute, error, how to wrap, what the error must say, the plans that have it): each is one kind of
+#: operation of the batched path.
+OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[..., Any], str, set[str]]] = {
     "copy the selection": (reading.Snapshot, "copy_selection", connection_lost, same,
-                           rf"reading the selection failed: {LOST}"),
-    "read media rows": (batched, "read_media_rows", connection_lost, same, rf"reading the media rows failed: {LOST}"),
-    "fetch posts": (reading, "open_stream", connection_lost, faulty_stream, rf"{READ_BATCH} failed: {LOST}"),
-    "write posts": (writing.JsonWriter, "write_batch", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected"),
-    "finish posts": (writing.JsonWriter, "end", enospc, same, r"finishing posts\.json failed: disk full: injected"),
-    "copy media": (host, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected"),
-    "write manifest": (batched, "write_manifest", enospc, same, r"writing manifest\.json failed: disk full: injected"),
-    "sync posts": (os, "fsync", enospc, same, r"finishing posts\.json failed: disk full: injected"),
-    "sync to disk": (batched, "sync_tree", enospc, same, r"syncing to disk failed: disk full: injected"),
-    "publish": (staging, "rename_noreplace", enospc, same, r"publishing failed: disk full: injected"),
+                           rf"copying the selection failed: {LOST}", {COPY}),
+    "sort the copy": (blocks.Copy, "sort", enospc, same, r"sorting the selection failed: disk full: injected", {COPY}),
+    "read media rows": (batched, "media_rows", connection_lost, same, rf"reading the media rows failed: {LOST}",
+                        {SPOOL, DIRECT}),
+    "read copied media rows": (blocks.Copy, "media_rows", enospc, same,
+                               r"reading the media rows failed: disk full: injected", {COPY}),
+    "fetch posts": (batched, "open_stream", connection_lost, faulty_stream, rf"{READ_BATCH} failed: {LOST}",
+                    {SPOOL, DIRECT}),
+    "spool posts": (blocks.Spool, "append", enospc, same, rf"{READ_BATCH} failed: disk full: injected", {SPOOL}),
+    "read the spool": (blocks.Spool, "chunks", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected", {SPOOL}),
+    "read the copy": (blocks.Copy, "chunks", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected", {COPY}),
+    "write posts": (worker.Writer, "write", enospc, same,
+                    rf"({WRITE_BATCH}|finishing posts\.json) failed: disk full: injected", {COPY, SPOOL, DIRECT}),
+    "copy media": (host, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected",
+                   {COPY, SPOOL, DIRECT}),
+    "write manifest": (batched, "write_manifest", enospc, same, r"writing manifest\.json failed: disk full: injected",
+                       {COPY, SPOOL, DIRECT}),
+    "sync to disk": (batched, "sync_tree", enospc, same, r"syncing to disk failed: disk full: injected",
+                     {COPY, SPOOL, DIRECT}),
+    "publish": (staging, "rename_noreplace", enospc, same, r"publishing failed: disk full: injected",
+                {COPY, SPOOL, DIRECT}),
 }  # fmt: skip
 
 
@@ -114,10 +134,18 @@ def leftovers(exports: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["single", "persistent"])
-@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize(
+    ("operation", "source"), [(op, source) for op, spec in OPERATIONS.items() for source in sorted(spec[5])]
+)
 def test_fault_sweep(
-    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, persistent: bool
+    media_archive: tuple[Any, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+    source: str,
+    persistent: bool,
 ) -> None:
+    """On every plan without a child process (whose own failures: test_second_core.py)."""
     engine, media_dir = media_archive
     out = tmp_path / "exports"
     run = dict(settings=SETTINGS, media=True, media_dir=media_dir)
@@ -125,8 +153,9 @@ def test_fault_sweep(
     assert earlier.result is not None
     snapshot = {p: p.read_bytes() for p in earlier.result.export_dir.rglob("*") if p.is_file()}
     expected = export(engine, tmp_path / "host", settings=None, media=True, media_dir=media_dir)
+    plans = force_plan(monkeypatch, source=source, child=False)
 
-    owner, name, error, wrap, says = OPERATIONS[operation]
+    owner, name, error, wrap, says, _ = OPERATIONS[operation]
     original = getattr(owner, name)
     failures = 0
     for k in range(1, 200):
@@ -147,35 +176,36 @@ def test_fault_sweep(
         if match.groupdict().get("batch"):  # a batch that exists, with its real posts
             first, last = int(match["first"]), int(match["last"])
             assert 1 <= first <= last <= 45 and (first - 1) % 10 == 0 and int(match["batch"]) == (first - 1) // 10 + 1
-            assert failure.batch == batched.Span(int(match["batch"]), first, last)
+            assert failure.batch == Span(int(match["batch"]), first, last)
             assert failure.phase == message.split(" ", 1)[0]
         else:
             assert failure.batch is None and message.startswith(f"{failure.phase} failed: ")
         assert outcome.job is not None and outcome.job.status == "failed"
-        assert leftovers(out) == []
+        assert leftovers(out) == [] and no_spool_left()
         assert len(list(out.rglob("manifest.json"))) == 1, "only the earlier export may exist"
         assert {p: p.read_bytes() for p in snapshot} == snapshot
     else:
         pytest.fail("the export never got through")
     assert failures >= 1, f"no {operation} fault was ever hit"
+    assert {plan.source for plan in plans} == {source}
     assert outcome.posts_bytes == expected.posts_bytes
     assert outcome.manifest is not None and outcome.manifest["media_count"] == 15
 
 
+@pytest.mark.parametrize("source", [COPY, SPOOL, DIRECT])
 def test_disk_full_names_the_file_as_the_user_knows_it(
-    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
     engine, _ = media_archive
-    original = writing.JsonWriter.write_batch
+    force_plan(monkeypatch, source=source, child=False)
     seen: list[str] = []
 
-    def full(self: writing.JsonWriter, batch: Any) -> None:
-        seen.append(str(self.path))
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+    def full(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        seen.append(self.path)
+        raise OSError(errno.ENOSPC, "No space left on device", self.path)
 
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", full)
+    monkeypatch.setattr(worker.Writer, "write", full)
     outcome = export(engine, tmp_path, settings=SETTINGS)
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", original)
     assert outcome.job is not None and ".staging-" in seen[0], "the file was written in the staging directory"
     final = outcome.job.export_dir / "posts.json"
     assert str(outcome.error) == f"writing batch 1 (posts 1-10) failed: disk full: {final}"
@@ -184,44 +214,20 @@ def test_disk_full_names_the_file_as_the_user_knows_it(
 def test_a_failed_final_write_names_no_batch(
     media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The closing bracket belongs to no batch: the error says so (it fails on the writer thread)."""
+    """The closing bracket belongs to no batch: the error says so."""
     engine, _ = media_archive
-    original = output.Output._write
+    original = worker.Writer.write
 
-    def write(self: output.Output, where: Any, posts: int, tag: Any) -> None:
-        if isinstance(where, list) and b"".join(map(bytes, where)) == b"\n]\n":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, where, posts, tag)
+    def write(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        pieces = list(pieces)
+        if b"".join(map(bytes, pieces)) == b"\n]\n":
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        original(self, pieces, batch=batch, posts=posts)
 
-    monkeypatch.setattr(output.Output, "_write", write)
+    monkeypatch.setattr(worker.Writer, "write", write)
     outcome = export(engine, tmp_path, settings=SETTINGS)
     assert outcome.job is not None
     assert str(outcome.error) == f"finishing posts.json failed: disk full: {outcome.job.export_dir / 'posts.json'}"
-
-
-@pytest.mark.parametrize("spooled", [False, True], ids=["from memory", "from the spool"])
-def test_a_write_behind_failure_names_its_batch(
-    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spooled: bool
-) -> None:
-    """The writer thread fails on batch 2's posts: the export is told so, as that batch, wherever it waited."""
-    engine, _ = media_archive
-    if spooled:  # no memory at all: every batch waits in the spool file
-        monkeypatch.setattr(output, "MEMORY", 0)
-    original = output.Output._write
-
-    def write(self: output.Output, where: Any, posts: int, tag: Any) -> None:
-        if getattr(tag, "number", None) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, where, posts, tag)
-
-    monkeypatch.setattr(output.Output, "_write", write)
-    outcome = export(engine, tmp_path, settings=SETTINGS)
-    assert outcome.job is not None
-    failure = outcome.error
-    assert isinstance(failure, batched.ExportFailed)
-    assert (failure.phase, failure.batch) == ("writing", batched.Span(2, 11, 20))
-    assert str(failure) == f"writing batch 2 (posts 11-20) failed: disk full: {outcome.job.export_dir / 'posts.json'}"
-    assert leftovers(tmp_path) == []
 
 
 def test_a_staging_directory_that_cannot_be_removed_is_reported(

@@ -32,7 +32,8 @@ import skyarchive.export
 import skyarchive.hookspecs
 
 import export_batching_plugin
-from export_batching_plugin import encoding, host, plugin, selfcheck
+from export_batching_plugin import host, plugin, selfcheck
+from export_batching_plugin.worker import Recipe, batch_encoder
 
 from .conftest import DID, HOST_VERSION, ArchiveFolder
 from .harness import FORMATS, export, insert_rows, make_engine, post_row
@@ -74,14 +75,6 @@ NAMES = (
     Name("skyarchive.export", "write_manifest", True, "write_manifest(export_dir, *, request, exported_at, ...)"),
     Name("skyarchive.models", "posts_table", False, "the posts Table, columns as in the documented schema"),
     Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
-    Name("skyarchive.export", "media_hashes", False, "media_hashes(embed) -> list of str (fast CSV path only)"),
-    Name(
-        "skyarchive.export",
-        "label_values",
-        False,
-        "label_values(labels) -> list of str (fast CSV path only)",
-        ("0.4", "0.5"),
-    ),
 )
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -242,7 +235,6 @@ def test_a_host_missing_a_name_gets_its_own_exporter(monkeypatch: pytest.MonkeyP
         (host, "copy_media_file", lambda media, root: True, "copy_media_file(media, media_root, dest_dir)"),
         (skyarchive.export, "csv_row", lambda post, labels: [], "csv_row(post)"),
         (skyarchive.export, "CSV_HEADER", ["URI"], "CSV_HEADER"),
-        (skyarchive.export, "media_hashes", lambda images: [], "media_hashes(embed)"),
         (host, "posts_table", host.media_table, "the posts table's columns"),
     ],
 )
@@ -276,15 +268,16 @@ def changed(name: str, change: Callable[[Any], Any]) -> Callable[..., Any]:
 
 
 #: A change a later host release could make: (the name, how, whether the fast encoders then step aside). The
-#: fast CSV path calls the host's own media_hashes and label_values, so a change there reaches it directly.
+#: fast CSV path uses the plugin's own copies of media_hashes and label_values (the child process imports no
+#: skyarchive), so a change there is one the self-check must see.
 HOST_CHANGES: dict[str, tuple[str, Callable[[Any], Any], bool]] = {
-    "media hashes": ("media_hashes", lambda hashes: [h.upper() for h in hashes], False),
+    "media hashes": ("media_hashes", lambda hashes: [h.upper() for h in hashes], True),
     "post record": ("post_record", lambda record: {**record, "has_media": int(record["has_media"])}, True),
     "csv row": ("csv_row", lambda row: [*row[:9], row[9].upper(), *row[10:]], True),
     "flags": ("_flag", lambda flag: "yes" if flag == "true" else "no", True),
 }
 if HOST_VERSION >= (0, 4):
-    HOST_CHANGES["label rendering"] = ("label_values", lambda values: [v.replace("!", "") for v in values], False)
+    HOST_CHANGES["label rendering"] = ("label_values", lambda values: [v.replace("!", "") for v in values], True)
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -337,27 +330,34 @@ def test_a_host_whose_json_lines_changed_gets_its_own_bytes(
     assert reason is not None and reason.startswith("posts.jsonl differs")
 
 
-def test_the_self_check_sees_a_one_byte_difference() -> None:
+def fast(format: str) -> Any:
+    """The fast encoder of ``format`` on the installed host, as the export builds it."""
     per_post = host.per_post()
-    fast = encoding.csv_lines_encoder(per_post)
+    recipe = Recipe(format, per_post.json_options, per_post.jsonl_options, host.has_labels(per_post.csv_header))
+    return batch_encoder(recipe, host.SkyarchiveError)
 
-    def off_by_one(rows: Any) -> str:
-        lines = fast(rows)
-        return lines.replace(",  spaced  ,", ", spaced  ,") if len(rows) == 1 else lines
 
-    reason = selfcheck.self_check(per_post, encoding.json_batch_encoder(per_post), off_by_one)
+def test_the_self_check_sees_a_one_byte_difference() -> None:
+    encode_csv = fast("csv")
+
+    def off_by_one(rows: Any, sizes: Any) -> Any:
+        lines = b"".join(encode_csv(rows, sizes))
+        yield lines.replace(b",  spaced  ,", b", spaced  ,") if len(rows) == 1 else lines
+
+    reason = selfcheck.self_check(host.per_post(), fast("json"), off_by_one)
     assert reason is not None and reason.startswith("posts.csv differs on the self-check's row")
 
 
-def test_a_host_without_media_hashes_gets_its_own_csv_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """media_hashes is undocumented: a release may drop it. The contract still holds; the fast path steps back."""
+def test_a_host_that_drops_media_hashes_gets_its_own_csv_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """media_hashes is undocumented: a release may drop it (and write MediaFiles its own way). The plugin needs
+    none of it (it has its own copy); the self-check sees the host's rows differ, and the host's code writes them."""
     monkeypatch.delattr(skyarchive.export, "media_hashes", raising=True)
     original_csv_row = skyarchive.export.csv_row
     monkeypatch.setattr(skyarchive.export, "csv_row", functools.wraps(original_csv_row)(lambda post: ["custom"]))
     assert host.contract_problems() == []
     encoders = selfcheck.make_encoders()
-    assert encoders.fallback_reason == "the host has no media_hashes/label_values"
-    assert encoders.csv([selfcheck.probe_rows()[0]]) == "custom\r\n"
+    assert encoders.fallback_reason is not None and encoders.fallback_reason.startswith("posts.csv differs")
+    assert b"".join(encoders.by_format["csv"]([selfcheck.probe_rows()[0]], [0])) == b"custom\r\n"
 
 
 def test_a_host_that_adds_a_csv_column_gets_its_own_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,14 +378,13 @@ def test_a_host_that_adds_a_csv_column_gets_its_own_rows(tmp_path: Path, monkeyp
 
 def test_the_self_check_also_joins_rows() -> None:
     """A fast encoder right on each row alone but wrong on several together (a separator, say) is caught."""
-    per_post = host.per_post()
-    fast = encoding.json_batch_encoder(per_post)
+    encode_json = fast("json")
 
     def wrong_when_joined(rows: Any, sizes: Any) -> Any:
-        items = list(fast(rows, sizes))
+        items = list(encode_json(rows, sizes))
         return items if len(rows) == 1 else [memoryview(b"".join(bytes(i) for i in items))]
 
-    reason = selfcheck.self_check(per_post, wrong_when_joined, encoding.csv_lines_encoder(per_post))
+    reason = selfcheck.self_check(host.per_post(), wrong_when_joined, fast("csv"))
     assert reason == "posts.json differs on the self-check's rows together"
 
 

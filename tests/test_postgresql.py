@@ -27,13 +27,17 @@ from skyarchive.seed import DEFAULT_DID, seed_archive
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import Engine
 
-from export_batching_plugin import reading
+from export_batching_plugin import batched, reading, worker
 from export_batching_plugin.batched import ExportFailed
+from export_batching_plugin.plan import DIRECT, SPOOL
 
 from .conftest import ArchiveFolder
 from .differential import STAMPS, fill, posts, run_both
-from .harness import FORMATS, add_slow_media_file, export, feed_fifo, insert_rows, post_row
+from .harness import FORMATS, add_slow_media_file, export, feed_fifo, force_plan, insert_rows, post_row
 from .postgres import DRIVER, pg_url, terminate_other_backends  # noqa: F401 - pg_url is a fixture
+
+#: Every plan the export can follow on PostgreSQL: (where the rows wait, whether a child process encodes too).
+PLANS = [(SPOOL, False), (SPOOL, True), (DIRECT, False)]
 
 pytestmark = pytest.mark.postgresql
 
@@ -88,47 +92,66 @@ def test_cli_round_trip_on_postgresql(archive_folder: ArchiveFolder, pg_url: str
     format=st.sampled_from(FORMATS),
     budget=st.sampled_from([None, 1, 4096]),
     window=st.one_of(st.none(), st.tuples(st.sampled_from(STAMPS), st.sampled_from(STAMPS))),
+    plan=st.sampled_from(PLANS),
 )
 def test_random_archives_on_postgresql(
     engine: Engine, tmp_path: Path, templates: list[dict[str, Any]], count: int, batch: Any,
-    format: str, budget: int | None, window: tuple[str, str] | None,
+    format: str, budget: int | None, window: tuple[str, str] | None, plan: tuple[str, bool],
 ) -> None:  # fmt: skip
     batch_size = batch.draw(st.integers(1, count + 2), label="batch_size")
     since, until = sorted(window) if window else (None, None)
     clear(engine)
     fill(engine, templates, count, nul_free=True)
-    run_both(engine, tmp_path, batch_size=batch_size, max_batch_bytes=budget, format=format, since=since, until=until)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        force_plan(monkeypatch, source=plan[0], child=plan[1])
+        run_both(
+            engine, tmp_path, batch_size=batch_size, max_batch_bytes=budget, format=format, since=since, until=until
+        )
 
 
-@pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2001])
-def test_counts_around_the_default_batch_size_on_postgresql(engine: Engine, tmp_path: Path, count: int) -> None:
+@pytest.mark.parametrize("plan", PLANS, ids=[f"{source}{'+child' if child else ''}" for source, child in PLANS])
+@pytest.mark.parametrize("count", [0, 1001])
+def test_counts_around_the_default_batch_size_on_postgresql(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, plan: tuple[str, bool]
+) -> None:
+    force_plan(monkeypatch, source=plan[0], child=plan[1])
     fill(engine, [{"text": "plain"}, {"text": None, "created_at": STAMPS[0], "labels": '[{"val":"x"}]'}], count)
     for fmt in ("json", "csv"):
         run_both(engine, tmp_path / fmt, batch_size=1000, format=fmt)
 
 
-def test_concurrent_changes_do_not_reach_the_export(engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", [SPOOL, DIRECT])
+def test_concurrent_changes_do_not_reach_the_export(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """Another session writes as the first batch is written (once the snapshot has ended, or inside it)."""
+    force_plan(monkeypatch, source=source, child=False)
     fill(engine, [{"text": "old"}], 3000, spread=True)
     before = export(engine, tmp_path / "before", settings=None)
     other = create_engine(engine.url)
     done: list[bool] = []
+    original = worker.Writer.write
 
-    def change(processed: int, total: int) -> None:
-        if done:
-            return
-        done.append(True)
-        with other.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO posts (uri, cid, did, text, created_at, indexed_at, archived_at)"
-                    " SELECT 'at://new/' || g, 'c', 'did:plc:owner', 'new', '2026-01-01T00:00:00.000Z', 'x', 'x'"
-                    " FROM generate_series(1, 100) AS g"
+    def change(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        if batch is not None and not done:
+            done.append(True)
+            with other.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO posts (uri, cid, did, text, created_at, indexed_at, archived_at)"
+                        " SELECT 'at://new/' || g, 'c', 'did:plc:owner', 'new', '2026-01-01T00:00:00.000Z', 'x', 'x'"
+                        " FROM generate_series(1, 100) AS g"
+                    )
                 )
-            )
-            conn.execute(text("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at LIMIT 100)"))
+                conn.execute(
+                    text("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at LIMIT 100)")
+                )
+        original(self, pieces, batch=batch, posts=posts)
 
-    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100}, listener=change)
+    monkeypatch.setattr(worker.Writer, "write", change)
+    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100})
     other.dispose()
+    monkeypatch.setattr(worker.Writer, "write", original)
     assert outcome.error is None, outcome.error
     assert outcome.posts_bytes == before.posts_bytes
     uris = [post["uri"] for post in json.loads(outcome.posts_bytes or b"[]")]
@@ -145,7 +168,7 @@ def test_connection_killed_mid_export_fails_cleanly(
 ) -> None:
     fill(engine, [{"text": "x"}], 3000, spread=True)
     killed: list[int] = []
-    original = reading.open_stream
+    original = batched.open_stream
 
     def open_stream(*args: Any, **kwargs: Any) -> Any:
         stream = original(*args, **kwargs)
@@ -157,9 +180,9 @@ def test_connection_killed_mid_export_fails_cleanly(
                 killed.append(terminate_other_backends(pg_url))
             return fetch(size)
 
-        return reading._Rows(fetchmany, stream.close)
+        return reading.Stream(fetchmany, stream.close)
 
-    monkeypatch.setattr(reading, "open_stream", open_stream)
+    monkeypatch.setattr(batched, "open_stream", open_stream)
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 250})
     assert killed and killed[0] >= 1
     assert isinstance(outcome.error, ExportFailed), outcome.error
@@ -227,12 +250,12 @@ def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write
 ) -> None:  # fmt: skip
     """A 1 s timeout on the server; one write to posts.* takes 2 s (slow storage): the host's result.
 
-    What the timeout would end: a session idle between fetches while a batch is written (the
-    server-side cursor: JSON, and CSV on psycopg2), or a COPY waiting on the client (CSV on psycopg 3;
-    20 MB of rows, more than the socket buffers hold, so the server is still sending).
+    Without a spool, the snapshot is open while the posts file is written. What the timeout would end: a
+    session idle between fetches while a batch is written (the server-side cursor: JSON, and CSV on
+    psycopg2), or a COPY waiting on the client (CSV on psycopg 3; 20 MB of rows, more than the socket buffers
+    hold, so the server is still sending).
     """
-    from export_batching_plugin import output
-
+    force_plan(monkeypatch, source=DIRECT, child=False)
     insert_rows(engine, [post_row(n, text=f"{n} " + "x" * 5000) for n in range(4000)])
     with engine.begin() as conn:
         conn.exec_driver_sql(f"ALTER DATABASE \"{pg_url.rsplit('/', 1)[1]}\" SET {timeout} = '1s'")
@@ -240,16 +263,16 @@ def test_server_timeouts_do_not_fail_an_export_whose_posts_file_is_slow_to_write
     host = export(engine, tmp_path / "host", settings=None, format=format)
     assert host.error is None, host.error
     calls = 0
-    original = output.Output._write
+    original = worker.Writer._put
 
-    def slow_write(self: output.Output, *args: Any) -> None:  # one write(2) of the posts file takes 2 s
+    def slow_write(self: worker.Writer, pieces: Any) -> None:  # one write(2) of the posts file takes 2 s
         nonlocal calls
         calls += 1
         if calls == 3:
             time.sleep(2)
-        original(self, *args)
+        original(self, pieces)
 
-    monkeypatch.setattr(output.Output, "_write", slow_write)
+    monkeypatch.setattr(worker.Writer, "_put", slow_write)
     plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "batch_size": 100}, format=format)
     assert calls > 3
     assert plugin.error is None, plugin.error
@@ -388,11 +411,9 @@ def test_the_csv_path_of_postgresql_equals_the_host(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str | None
 ) -> None:
     """Hostile values in every column the COPY path writes, MediaFiles and Labels put in; or the host's error."""
-    from export_batching_plugin import pgcopy
-
     used: list[bool] = []
-    original = pgcopy.copy_lines_encoder
-    monkeypatch.setattr(pgcopy, "copy_lines_encoder", lambda *a: used.append(True) or original(*a))
+    original = worker.copy_lines_encoder
+    monkeypatch.setattr(worker, "copy_lines_encoder", lambda *a: used.append(True) or original(*a))
     templates = [dict(row) for row in HOSTILE]
     if bad is not None:
         templates[2]["embed_data"] = bad
@@ -402,16 +423,22 @@ def test_the_csv_path_of_postgresql_equals_the_host(
     assert used == ([True] if DRIVER == "psycopg" else []), "COPY is for psycopg 3; psycopg2 reads tuples"
 
 
+@pytest.mark.parametrize("source", [SPOOL, DIRECT])
 @pytest.mark.parametrize("format", ["csv", "json"])
 def test_a_failure_while_streaming_leaves_the_connection_clean(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, format: str
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    format: str,
+    source: str,
 ) -> None:
-    """A write failure mid-export stops the COPY (or the prefetching reader) and rolls back without noise."""
-    from export_batching_plugin import output
-
+    """A write failure mid-export (inside the snapshot, without a spool) stops the COPY or the cursor and rolls
+    back without noise."""
+    force_plan(monkeypatch, source=source, child=False)
     fill(engine, [{"text": "x"}], 3000, spread=True)
     calls: list[int] = []
-    original = output.Output.write
+    original = worker.Writer.write
 
     def fails(self: Any, pieces: Any, **kwargs: Any) -> None:
         calls.append(1)
@@ -419,12 +446,12 @@ def test_a_failure_while_streaming_leaves_the_connection_clean(
             raise OSError(28, "No space left on device", str(self.path))
         original(self, pieces, **kwargs)
 
-    monkeypatch.setattr(output.Output, "write", fails)
+    monkeypatch.setattr(worker.Writer, "write", fails)
     outcome = export(engine, tmp_path, settings={"threshold": 0, "batch_size": 100}, format=format)
     assert isinstance(outcome.error, ExportFailed) and "disk full" in str(outcome.error)
     assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
     assert list(tmp_path.rglob("*.staging-*")) == []
-    monkeypatch.setattr(output.Output, "write", original)
+    monkeypatch.setattr(worker.Writer, "write", original)
     again = export(engine, tmp_path / "again", settings={"threshold": 0, "batch_size": 100}, format=format)
     assert again.error is None, again.error
 

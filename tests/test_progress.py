@@ -23,7 +23,7 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import DEFAULT_DID, seed_archive
 
 from export_batching_plugin import progress as progress_module
-from export_batching_plugin import writing
+from export_batching_plugin import worker
 from export_batching_plugin.progress import ProgressReporter
 
 from .conftest import plugin_toml
@@ -32,6 +32,7 @@ from .harness import (
     HOST_HAS_STATUS,
     add_slow_media_file,
     export,
+    fail_writing,
     feed_fifo,
     insert_rows,
     make_engine,
@@ -66,18 +67,24 @@ def test_one_event_per_batch_ending_at_the_total(engine: Any, tmp_path: Path, fo
     assert outcome.job is not None and (outcome.job.processed, outcome.job.total) == (35, 35)
 
 
+def slow_batches(monkeypatch: pytest.MonkeyPatch, seconds: float, number: int | None = None) -> None:
+    """Writing a batch (``number``, or every one) takes ``seconds`` more."""
+    original = worker.Writer.write
+
+    def slow(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        if batch is not None and number in (None, batch.number):
+            time.sleep(seconds)
+        original(self, pieces, batch=batch, posts=posts)
+
+    monkeypatch.setattr(worker.Writer, "write", slow)
+
+
 def test_heartbeat_inside_a_slow_batch(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = writing.JsonWriter.write_batch
-
-    def slow(self: writing.JsonWriter, batch: Any) -> None:
-        time.sleep(0.6)
-        original(self, batch)
-
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", slow)
+    slow_batches(monkeypatch, 0.6)
     outcome = export(engine, tmp_path, settings={**SETTINGS, "batch_size": 100, "progress_interval": 0.1})
     assert outcome.error is None
     if HOST_HAS_STATUS:  # skyarchive 0.5 redraws the bar itself: what the export is doing comes every tick instead
-        said = [text for text in outcome.statuses if text == "all 35 posts read; writing posts.json"]
+        said = [text for text in outcome.statuses if text == "writing posts.json"]
         assert len(said) >= 30, f"expected the status every 10 ms during the slow batch, got {outcome.statuses}"
     else:
         zeros = [event for event in outcome.events if event == (0, 35)]
@@ -87,22 +94,12 @@ def test_heartbeat_inside_a_slow_batch(engine: Any, tmp_path: Path, monkeypatch:
 
 
 def test_no_event_after_a_failure(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    original = writing.JsonWriter.write_batch
-
-    def failing(self: writing.JsonWriter, batch: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device", "posts.json")
-        original(self, batch)
-
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", failing)
+    fail_writing(monkeypatch, batch=2, error=OSError(28, "No space left on device", "posts.json"))
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.05})
     assert outcome.error is not None
     assert "writing batch 2 (posts 11-20) failed: disk full: posts.json" in str(outcome.error)
     seen = list(outcome.events)
-    # batch 1 is reported once the writer thread has written it, which it may not have done when batch 2 failed
-    assert distinct(seen) in ([(0, 35)], [(0, 35), (10, 35)])
+    assert distinct(seen) == [(0, 35), (10, 35)]
     time.sleep(0.3)
     assert outcome.events == seen, "no progress may be reported once the export has failed"
     assert outcome.job is not None and outcome.job.status == "failed"
@@ -112,8 +109,8 @@ def test_reporter_repeats_the_count_when_idle() -> None:
     events: list[tuple[int, int]] = []
     with ProgressReporter(lambda d, t: events.append((d, t)), interval=0.5).start(5) as progress:
         time.sleep(0.45)
-        progress.advance(5)
-        progress.finishing(lambda: "done")
+        progress.update(5)
+        progress.status("done")
     assert events[0] == (0, 5) and events[-1] == (5, 5)
     assert 5 <= events.count((0, 5)) <= 10, events  # every tick (0.05 s here) without a report
 
@@ -124,9 +121,8 @@ def test_the_total_comes_long_enough_after_the_report_before_it_to_be_drawn() ->
     times: list[tuple[float, int]] = []
     with ProgressReporter(lambda d, t: times.append((time.monotonic(), d)), interval=5.0).start(10) as progress:
         progress.update(9)
-        progress.update(10)  # at once: held back
-        assert [done for _, done in times] == [0, 9]
-        progress.finishing(lambda: "syncing")
+        progress.update(10)
+        progress.status("syncing")
     assert [done for _, done in times] == [0, 9, 10]
     assert times[2][0] - times[1][0] >= progress_module.MIN_GAP * 0.99
 
@@ -134,12 +130,26 @@ def test_the_total_comes_long_enough_after_the_report_before_it_to_be_drawn() ->
 def test_finishing_logs_what_it_does_instead_of_repeating_100_percent(caplog: pytest.LogCaptureFixture) -> None:
     events: list[tuple[int, int]] = []
     with ProgressReporter(lambda d, t: events.append((d, t)), interval=0.2).start(5) as progress:
-        progress.advance(5)
-        progress.finishing(lambda: "syncing 3 media files")
+        progress.update(5)
+        progress.status(lambda: "syncing 3 media files")
         time.sleep(0.5)
     assert events == [(0, 5), (5, 5)], "a console prints every report at 100%: none may repeat"
     lines = [r.getMessage() for r in caplog.records]
     assert 2 <= len(lines) <= 3 and set(lines) == {"export_batching: all 5 posts written; syncing 3 media files"}, lines
+
+
+def test_inside_a_snapshot_nothing_is_reported_by_the_export_itself() -> None:
+    """While quiet, the export's own reports only record the count; the heartbeat hands it over (on its thread)."""
+    threads: list[str] = []
+    with ProgressReporter(lambda d, t: threads.append(threading.current_thread().name), interval=1.0).start(5) as p:
+        with p.quiet():
+            p.update(3)
+            p.update(4)
+            time.sleep(0.3)
+        assert threads[0] == threading.main_thread().name  # the start: before any snapshot
+        assert set(threads[1:]) == {"export-progress"}, threads
+        p.update(5)
+    assert threads[-1] == threading.main_thread().name
 
 
 # -- the console, as printed by the skyarchive CLI ----------------------------------------------------
@@ -180,13 +190,13 @@ def longest_silence(lines: list[tuple[float, str]], ended: float) -> float:
 SLOW_BATCH = textwrap.dedent(
     """
     import sys, time
-    from export_batching_plugin import writing
-    original = writing.JsonWriter.write_batch
-    def stalled(self, batch):
-        if batch.number == 3:
+    from export_batching_plugin import worker
+    original = worker.Writer.write
+    def stalled(self, pieces, *, batch=None, posts=0):
+        if batch is not None and batch.number == 3:
             time.sleep(float(sys.argv[1]))
-        original(self, batch)
-    writing.JsonWriter.write_batch = stalled
+        original(self, pieces, batch=batch, posts=posts)
+    worker.Writer.write = stalled
     from skyarchive.cli import main
     sys.exit(main(sys.argv[2:]))
     """
@@ -206,9 +216,8 @@ def test_a_stalled_batch_keeps_the_console_going(tmp_path: Path) -> None:
     command = [sys.executable, "-c", SLOW_BATCH, "11", "export", "--did", DEFAULT_DID, "--format", "json"]
     code, lines, ended = timed_lines(command, tmp_path)
     assert code == 0, lines
-    # Every post is read before the stall (the rows are read first): skyarchive 0.5 is told so through its
-    # status channel; before it, the count is repeated.
-    says = "export: all 1,000 posts read; writing posts.json" if HOST_HAS_STATUS else "export: 200/1000 posts (20%)"
+    # skyarchive 0.5 is told what the export does through its status channel; before it, the count is repeated.
+    says = "export: writing posts.json" if HOST_HAS_STATUS else "export: 200/1000 posts (20%)"
     stalled = [at for at, line in lines if line == says]
     assert len(stalled) >= 2, f"the stalled batch should show what it does at least every 5 s: {lines}"
     assert longest_silence(lines, ended) <= CONSOLE + SLACK, lines
@@ -267,18 +276,17 @@ def test_slow_media_storage_says_what_the_export_is_doing(tmp_path: Path) -> Non
 
 def test_a_listener_failing_on_the_heartbeat_fails_the_export(engine: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """The host's listener raising on the heartbeat's thread fails the export as it would on the export's own."""
-    original = writing.JsonWriter.write_batch
+    slow_batches(monkeypatch, 0.3)
 
-    def slow(self: writing.JsonWriter, batch: Any) -> None:
-        time.sleep(0.3)
-        original(self, batch)
+    class Listener:  # a console: counts, and (0.5) what the export is doing
+        def __call__(self, done: int, total: int) -> None:
+            self.status("")
 
-    def listener(done: int, total: int) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("the display went away")
+        def status(self, text: str) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("the display went away")
 
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", slow)
-    outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.1}, listener=listener)
+    outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.1}, listener=Listener())
     assert outcome.error is not None and "the display went away" in str(outcome.error)
     assert outcome.job is not None and outcome.job.status == "failed"
 

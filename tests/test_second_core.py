@@ -1,8 +1,9 @@
-"""Encoding on the second core: the encoder process (export_batching_plugin/encoder.py) encodes and writes
-posts.json and posts.jsonl from the row spool while the export reads, outside the read snapshot.
+"""Encoding on both cores: the child process (export_batching_plugin/worker.py) encodes batches from the spool
+beside the export and writes the posts file, in order, with the batches the export encoded meanwhile.
 
-The same bytes as the host's; its failures told as the export's own (the batch, the file as the user knows
-it); where it cannot start, the export encodes the spool itself; and it never outlives the export.
+The same bytes as the host's, on every plan that has a child; its failures told as the export's own (the batch,
+the file as the user knows it); where it cannot start or does not answer, the export does the work itself;
+it runs nothing but the plugin's code, and never outlives the export.
 """
 
 from __future__ import annotations
@@ -19,32 +20,33 @@ from typing import Any
 import pytest
 import skyarchive.export
 
-from export_batching_plugin import batched, offload, rows
+from export_batching_plugin import blocks, pipeline, plan
 from export_batching_plugin.batched import ExportFailed, Span
 
 from .differential import fill, run_both
-from .harness import export, make_engine
+from .harness import FORMATS, export, force_plan, make_engine
 
-JSON_FORMATS = [f for f in skyarchive.export.FORMATS if f != "csv"]
+JSON_FORMATS = [f for f in FORMATS if f != "csv"]
+CHILD = b"export_batching_plugin.worker"
 
 
 @pytest.fixture(autouse=True)
 def always(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every selection here is large enough for the encoder process."""
-    monkeypatch.setattr(batched, "OFFLOAD_POSTS", 0)
+    """Every selection here is large enough for the child process."""
+    monkeypatch.setattr(plan, "CHILD_POSTS", 0)
 
 
 def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The encoder processes the exports start (each an Offload)."""
+    """The child processes the exports start (each a pipeline.Child, or None where none could start)."""
     seen: list[Any] = []
-    original = offload.Offload.start.__func__  # type: ignore[attr-defined]
+    original = pipeline.Child.start.__func__  # type: ignore[attr-defined]
 
-    def start(cls: type, **kwargs: Any) -> Any:
-        made = original(cls, **kwargs)
+    def start(cls: type, *args: Any, **kwargs: Any) -> Any:
+        made = original(cls, *args, **kwargs)
         seen.append(made)
         return made
 
-    monkeypatch.setattr(offload.Offload, "start", classmethod(start))
+    monkeypatch.setattr(pipeline.Child, "start", classmethod(start))
     return seen
 
 
@@ -58,17 +60,21 @@ def children() -> list[int]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"export_batching_plugin.encoder" in cmdline:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and CHILD in cmdline:
                 found.append(int(pid))
     return found
 
 
-@pytest.mark.parametrize("format", JSON_FORMATS)
+@pytest.mark.parametrize("source", [plan.COPY, plan.SPOOL])
+@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
 def test_the_same_bytes_as_the_host(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str, batch_size: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str, batch_size: int, source: str
 ) -> None:
+    """Batches encoded by the child and by the export, written in order by the child (DEPTH 1: both encode)."""
     processes = started(monkeypatch)
+    force_plan(monkeypatch, source=source, child=True)
+    monkeypatch.setattr(pipeline, "DEPTH", 1)
     engine = make_engine(tmp_path / "a.db")
     templates = [
         {"text": 'a "quote", a comma\nLF', "embed_data": '{"images": [{"fullsize": "x/bafk@jpeg"}], "n": 1e-07}'},
@@ -79,12 +85,12 @@ def test_the_same_bytes_as_the_host(
     fill(engine, templates, 150)
     run_both(engine, tmp_path, batch_size=batch_size, format=format)
     engine.dispose()
-    assert processes and all(p is not None for p in processes), "the encoder process should have run"
+    assert processes and all(p is not None for p in processes), "the child process should have run"
     assert children() == []
 
 
-@pytest.mark.parametrize("format", JSON_FORMATS)
-def test_checksums_come_from_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str) -> None:
+@pytest.mark.parametrize("format", FORMATS)
+def test_checksums_come_from_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str) -> None:
     started(monkeypatch)
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "é"}, {"embed_data": '{"a": 1}'}], 300)
@@ -135,20 +141,23 @@ def test_a_full_disk_in_the_encoder_names_the_batch_and_the_file(
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_an_encoder_that_is_killed_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed once it has written posts (before that, the export would encode itself)."""
+def test_a_child_that_is_killed_fails_the_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed once it has written a batch (before it is ready, the export would do without it)."""
     processes = started(monkeypatch)
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "x"}], 4000)
     killed: list[int] = []
+    original = pipeline.Child.poll
 
-    def kill(done: int, total: int) -> None:  # the host's channel: called as the encoder reports posts written
-        if 0 < done < total and not killed:
+    def poll(self: pipeline.Child, timeout: float = 0.0) -> bool:
+        if self.written_batch >= 1 and not killed:
             killed.extend(children())
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
+        return original(self, timeout)
 
-    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 20}, listener=kill)
+    monkeypatch.setattr(pipeline.Child, "poll", poll)
+    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 20})
     engine.dispose()
     assert processes[0] is not None and killed
     assert isinstance(outcome.error, ExportFailed), outcome.error
@@ -169,7 +178,6 @@ def test_without_an_encoder_the_export_encodes_itself(
         monkeypatch.setattr(subprocess, "Popen", refuse)
     else:  # an interpreter that cannot run the encoder: it exits before it is ready
         monkeypatch.setattr(sys, "executable", "/bin/false")
-        monkeypatch.setattr(offload, "READY_TIMEOUT", 2.0)
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "é"}, {"embed_data": '{"a": [1, 2]}'}], 120)
     run_both(engine, tmp_path, batch_size=25, format="json")
@@ -177,19 +185,22 @@ def test_without_an_encoder_the_export_encodes_itself(
     assert children() == []
 
 
-def test_a_failed_export_stops_its_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure while reading (the database gone, say): the encoder is stopped and reaped, nothing is left."""
+def test_a_failed_export_stops_its_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while reading (the database gone, say): the child is stopped and reaped, nothing is left."""
     processes = started(monkeypatch)
+    force_plan(monkeypatch, source=plan.SPOOL, child=True)
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "x"}], 300)
-    original = rows.RowSpool.put
+    original = blocks.Spool.append
+    calls = {"n": 0}
 
-    def put(self: rows.RowSpool, batch: Any) -> None:
-        if batch.number == 5:
+    def append(self: blocks.Spool, chunk: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 5:
             raise OSError(errno.EIO, "Input/output error", "the archive")
-        original(self, batch)
+        return original(self, chunk)
 
-    monkeypatch.setattr(rows.RowSpool, "put", put)
+    monkeypatch.setattr(blocks.Spool, "append", append)
     outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 20})
     engine.dispose()
     assert processes[0] is not None
@@ -205,13 +216,11 @@ def test_the_encoder_goes_when_the_export_process_dies(tmp_path: Path) -> None:
     engine.dispose()
     script = (
         "import sys, time\n"
-        "from export_batching_plugin import rows\n"
-        "original = rows.RowSpool.put\n"
-        "def put(self, batch):\n"
-        "    original(self, batch)\n"
-        "    if batch.number == 2:\n"
-        "        print('spooling', flush=True); time.sleep(60)\n"
-        "rows.RowSpool.put = put\n"
+        "from export_batching_plugin import blocks\n"
+        "original = blocks.Copy.sort\n"
+        "def sort(self):\n"
+        "    print('sorting', flush=True); time.sleep(60)\n"
+        "blocks.Copy.sort = sort\n"
         "from skyarchive.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -224,7 +233,7 @@ def test_the_encoder_goes_when_the_export_process_dies(tmp_path: Path) -> None:
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert export_process.stdout is not None
-    assert export_process.stdout.readline().strip() == "spooling"
+    assert export_process.stdout.readline().strip() == "sorting"
     encoders = [pid for pid in all_encoders() if parent_of(pid) == export_process.pid]
     assert encoders, "the export should have started its encoder"
     export_process.kill()
@@ -240,7 +249,7 @@ def all_encoders() -> list[int]:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if b"export_batching_plugin.encoder" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if CHILD in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.append(int(pid))
             except OSError:
                 continue
@@ -273,7 +282,7 @@ def test_the_encoder_never_runs_code_from_the_current_folder(tmp_path: Path, mon
     fill(engine, [{"text": "é"}, {"embed_data": '{"a": [1, 2]}'}], 120)
     run_both(engine, tmp_path, batch_size=25, format="json")
     engine.dispose()
-    assert processes and processes[0] is not None and processes[0].ready, "the encoder process should have run"
+    assert processes and processes[0] is not None and processes[0].ready, "the child process should have run"
     assert sorted(p.name for p in planted.glob("ran-*")) == []
 
 
@@ -293,7 +302,7 @@ def test_an_encoder_that_never_gets_ready_costs_little_and_leaves_nothing(
     run_both(engine, tmp_path, batch_size=25, format="jsonl")
     elapsed = time.monotonic() - started_at
     engine.dispose()
-    assert elapsed < offload.READY_TIMEOUT + 8, elapsed  # the host's export, the plugin's, and the deadline
+    assert elapsed < pipeline.READY_TIMEOUT + 8, elapsed  # the host's export, the plugin's, and the deadline
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in _cmdline(pid)]
     assert left == [], "a process the wrapper started outlived the export"
 

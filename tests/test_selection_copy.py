@@ -1,25 +1,29 @@
-"""SQLite outside WAL mode, where a reader's transaction blocks every writer's commit: the snapshot copies the
-selection into a temporary database of SQLite's own and ends; the export reads the copy with the archive free.
+"""SQLite: the snapshot copies the selection into a database file of the export's own (the spool) and ends; the
+posts are encoded and written from the copy with the archive free.
 
-The copy is used only where it helps and can be had (a rollback journal, temporary databases on disk); it
-leaves nothing behind (no attached database on the pooled connection, no file, no fd), and the bytes are the
-host's either way.
+In SQLite's default rollback journal a reader's transaction blocks every writer's commit, so the archive is
+held only while SQLite copies the rows, in C; the copy is sorted into export order after. It leaves nothing
+behind (no attached database on the pooled connection, no file, no directory, no fd); where it outgrows its
+room, the export goes on without it (said once), and the bytes are the host's either way.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from export_batching_plugin import reading, rows, spoolfile
+from export_batching_plugin import blocks, reading, worker
+from export_batching_plugin.plan import COPY, DIRECT
 
-from .harness import FORMATS, export, insert_rows, make_engine, media_row, open_fds, post_row
+from .harness import FORMATS, export, force_plan, insert_rows, make_engine, media_row, no_spool_left, open_fds, post_row
 
-SETTINGS = {"threshold": 0, "batch_size": 25, "encoder_process": False}
+SETTINGS = {"threshold": 0, "batch_size": 25}
 OWNER = "did:plc:owner"
 
 
@@ -50,29 +54,30 @@ def a_writer_commits(db: Path) -> bool:
         writer.close()
 
 
-def while_reading(monkeypatch: pytest.MonkeyPatch, db: Path) -> list[bool]:
-    """Whether a writer could commit, recorded as each batch is read (put in the row spool)."""
+def while_writing(monkeypatch: pytest.MonkeyPatch, db: Path) -> list[bool]:
+    """Whether a writer could commit, recorded as each batch of the posts file is written."""
     seen: list[bool] = []
-    original = rows.RowSpool.put
+    original = worker.Writer.write
 
-    def put(self: rows.RowSpool, batch: rows.Batch) -> None:
-        seen.append(a_writer_commits(db))
-        original(self, batch)
+    def write(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        if batch is not None:
+            seen.append(a_writer_commits(db))
+        original(self, pieces, batch=batch, posts=posts)
 
-    monkeypatch.setattr(rows.RowSpool, "put", put)
+    monkeypatch.setattr(worker.Writer, "write", write)
     return seen
 
 
 @pytest.mark.parametrize("format", FORMATS)
-def test_a_writer_commits_while_the_export_reads(
+def test_a_writer_commits_while_the_export_writes(
     archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str
 ) -> None:
     db = tmp_path / "archive.db"
     host = export(archive, tmp_path / "host", settings=None, format=format, media=True)
-    seen = while_reading(monkeypatch, db)
+    seen = while_writing(monkeypatch, db)
     plugin = export(archive, tmp_path / "plugin", settings=SETTINGS, format=format, media=True)
     assert plugin.error is None, plugin.error
-    assert len(seen) == 200 // 25 and all(seen), seen  # every batch read with the archive free
+    assert len(seen) == 200 // 25 and all(seen), seen  # every batch written with the archive free
     assert plugin.posts_bytes == host.posts_bytes
     assert plugin.manifest is not None and host.manifest is not None
     media = ("media_count", "media_skipped")
@@ -81,21 +86,44 @@ def test_a_writer_commits_while_the_export_reads(
 
 
 def test_the_copy_holds_the_snapshot(archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Posts written while the copy is read are not in the export: it is the archive as the snapshot saw it."""
+    """Posts written once the copy is made are not in the export: it is the archive as the snapshot saw it."""
     host = export(archive, tmp_path / "host", settings=None)
-    original = rows.RowSpool.put
+    original = blocks.Copy.sort
 
-    def put(self: rows.RowSpool, batch: rows.Batch) -> None:
-        if batch.number == 1:  # after the snapshot: a new post, first in the export's order, and one removed
-            insert_rows(archive, [post_row(5000, created_at="2000-01-01T00:00:00.000Z")])
-            with archive.begin() as conn:
-                conn.exec_driver_sql("DELETE FROM posts WHERE uri LIKE '%0000000000199'")
-        original(self, batch)
+    def sort(self: blocks.Copy) -> int:  # after the snapshot: a new post, first in the export's order, one removed
+        insert_rows(archive, [post_row(5000, created_at="2000-01-01T00:00:00.000Z")])
+        with archive.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM posts WHERE uri LIKE '%0000000000199'")
+        return original(self)
 
-    monkeypatch.setattr(rows.RowSpool, "put", put)
+    monkeypatch.setattr(blocks.Copy, "sort", sort)
     plugin = export(archive, tmp_path / "plugin", settings=SETTINGS)
     assert plugin.error is None, plugin.error
     assert plugin.posts_bytes == host.posts_bytes
+
+
+def test_the_snapshot_ends_before_the_first_post_is_written(
+    archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However slow the disk: nothing is written while the archive is held."""
+    ended: list[float] = []
+    original = reading.Snapshot.copy_selection
+
+    def copied(self: reading.Snapshot, *args: Any, **kwargs: Any) -> int:
+        count = original(self, *args, **kwargs)
+        ended.append(time.monotonic())
+        return count
+
+    monkeypatch.setattr(reading.Snapshot, "copy_selection", copied)
+    writes: list[float] = []
+    write = worker.Writer.write
+    monkeypatch.setattr(
+        worker.Writer, "write", lambda self, *a, **k: (writes.append(time.monotonic()), write(self, *a, **k))[1]
+    )
+    plugin = export(archive, tmp_path / "plugin", settings={**SETTINGS, "checksums": True})
+    assert plugin.error is None, plugin.error
+    (end,) = ended
+    assert writes and min(writes) > end
 
 
 def test_nothing_is_left_attached_or_open(archive: Any, tmp_path: Path) -> None:
@@ -106,78 +134,76 @@ def test_nothing_is_left_attached_or_open(archive: Any, tmp_path: Path) -> None:
     with archive.connect() as conn:
         names = [row[1] for row in conn.exec_driver_sql("PRAGMA database_list")]
     assert reading.COPY_SCHEMA not in names and "main" in names, names
-    assert open_fds() <= fds  # SQLite's unlinked temporary file too
+    assert open_fds() <= fds
+    assert no_spool_left()
 
 
 def test_a_failed_copy_leaves_the_connection_clean(
     archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(*args: Any, **kwargs: Any) -> int:
-        raise sqlite3.OperationalError("database or disk is full")
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(reading.Snapshot, "copy_selection", full)
+    monkeypatch.setattr(reading.Snapshot, "copy_selection", broken)
     outcome = export(archive, tmp_path / "out", settings=SETTINGS)
-    assert str(outcome.error) == "reading the selection failed: (sqlite3.OperationalError) database or disk is full"
+    assert str(outcome.error) == "copying the selection failed: (sqlite3.OperationalError) disk I/O error"
     with archive.connect() as conn:
         assert reading.COPY_SCHEMA not in [row[1] for row in conn.exec_driver_sql("PRAGMA database_list")]
     assert a_writer_commits(tmp_path / "archive.db")
+    assert no_spool_left()
 
 
-@pytest.mark.parametrize(
-    "pragma", ["journal_mode = WAL", "temp_store = MEMORY"], ids=["WAL: readers do not block", "temp in memory"]
-)
-def test_no_copy_where_it_does_not_help_or_would_be_in_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pragma: str
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_copy_that_outgrows_its_room_gives_way_to_reading_while_writing(
+    archive: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    format: str,
 ) -> None:
-    """In WAL mode a reader does not block writers; with temporary databases in memory, the copy would be in
-    memory too: the snapshot is held while the rows are read (and the bytes are the same)."""
+    """The room (free space, ``ulimit -f``) was estimated too high: SQLite stops the copy at it; the export reads
+    the archive again, without a copy, and says so once, naming where the copy was to be."""
+    plans = force_plan(monkeypatch, source=COPY, child=False)
+    insert_rows(archive, [post_row(300 + n, text="x" * 20_000) for n in range(100)])  # 2 MB: more than the room
+    original = reading._attach_copy
+    monkeypatch.setattr(reading, "_attach_copy", lambda conn, path, room: original(conn, path, 1 << 20))
+    host = export(archive, tmp_path / "host", settings=None, format=format, media=True)
+    with caplog.at_level(logging.INFO, logger="export_batching_plugin"):
+        plugin = export(archive, tmp_path / "plugin", settings=SETTINGS, format=format, media=True)
+    assert plugin.error is None, plugin.error
+    assert plugin.posts_bytes == host.posts_bytes
+    assert plugin.manifest is not None and host.manifest is not None
+    assert plugin.manifest["media_skipped"] == host.manifest["media_skipped"]
+    said = [r for r in caplog.records if "no room for a copy of the selection" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert str(plans[0].spool_dir) in said[0].getMessage() and "TMPDIR" in said[0].getMessage()
+    assert no_spool_left()
+
+
+def test_in_wal_mode_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader does not block writers there, but the copy still holds the archive for the shortest time and is
+    the one spool: the same path, the same bytes."""
+    plans = force_plan(monkeypatch, source=COPY, child=False)
     engine = make_engine(tmp_path / "archive.db")
-    engine.dispose()  # every connection from here on is set up so
-    event.listen(engine, "connect", lambda dbapi_connection, record: dbapi_connection.execute(f"PRAGMA {pragma}"))
+    engine.dispose()
+    event.listen(
+        engine, "connect", lambda dbapi_connection, record: dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    )
     insert_rows(engine, [post_row(n) for n in range(100)])
     host = export(engine, tmp_path / "host", settings=None)
-    copied = snapshots_copying(monkeypatch)
     plugin = export(engine, tmp_path / "plugin", settings=SETTINGS)
     engine.dispose()
     assert plugin.error is None, plugin.error
-    assert copied == [False]
     assert plugin.posts_bytes == host.posts_bytes
+    assert [plan.source for plan in plans] == [COPY]
 
 
-def test_no_copy_where_sqlite_keeps_temporary_files_in_memory(
+def test_without_a_copy_the_archive_is_held_while_the_posts_are_written(
     archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """TMPDIR on a tmpfs (SQLite makes its temporary databases there): the copy would be held in memory."""
-    ram = Path("/dev/shm")
-    if spoolfile.filesystem_type(ram) not in ("tmpfs", "ramfs"):
-        pytest.skip("no tmpfs at /dev/shm here")
-    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
-    monkeypatch.setenv("TMPDIR", str(ram))
-    host = export(archive, tmp_path / "host", settings=None)
-    copied = snapshots_copying(monkeypatch)
+    """The counterpart (no room for a spool): writers wait, as they do for skyarchive's own read."""
+    force_plan(monkeypatch, source=DIRECT, child=False)
+    seen = while_writing(monkeypatch, tmp_path / "archive.db")
     plugin = export(archive, tmp_path / "plugin", settings=SETTINGS)
     assert plugin.error is None, plugin.error
-    assert copied == [False]
-    assert plugin.posts_bytes == host.posts_bytes
-
-
-def snapshots_copying(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each snapshot opened from here on copies the selection."""
-    copied: list[bool] = []
-    original = reading.Snapshot.open.__func__  # type: ignore[attr-defined]
-
-    def opened(cls: type[reading.Snapshot], *args: Any, **kwargs: Any) -> reading.Snapshot:
-        snapshot = original(cls, *args, **kwargs)
-        copied.append(snapshot.copying)
-        return snapshot
-
-    monkeypatch.setattr(reading.Snapshot, "open", classmethod(opened))
-    return copied
-
-
-def test_a_rollback_journal_archive_is_copied(archive: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The counterpart of the test above: the default journal mode, temporary databases on disk."""
-    copied = snapshots_copying(monkeypatch)
-    outcome = export(archive, tmp_path / "out", settings=SETTINGS)
-    assert outcome.error is None, outcome.error
-    assert copied == [True]
+    assert seen and not any(seen), seen

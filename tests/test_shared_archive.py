@@ -101,7 +101,9 @@ def test_an_archiver_is_never_locked_out_longer_than_with_skyarchive_alone(
     errors = {name: [e for e in report.errors if window[name][0] <= e.at <= window[name][1] + 6] for name, report in
               seen.items()}  # fmt: skip
     assert len(errors["plugin"]) <= len(errors["host"]), errors
-    assert waits["plugin"] <= waits["host"] + 0.05, waits  # 50 ms: the archiver's own timing
+    # 50 ms: the archiver's own timing. In WAL mode nothing the export does locks the archiver out; what it may
+    # wait more is for a core, while both encode beside whatever else the machine runs (a second tox env in CI).
+    assert waits["plugin"] <= waits["host"] + (0.05 if journal == "delete" else 0.3), waits
     if journal == "delete":  # the reader's lock really blocks the writer: the host's read (about 0.25 s of 60k
         assert waits["host"] >= 0.1, waits  # posts here) shows in the waits of an archiver trying every 0.1 s
 

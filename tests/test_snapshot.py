@@ -1,8 +1,7 @@
 """A consistent snapshot: posts written by another process during the export neither appear twice nor go missing.
 
-The writer acts from inside the export, at its first progress report: after
-the posts were counted and before the streamed query starts, through its own
-sqlite3 connection, so the timing is exact.
+The writer acts from inside the export, as its first batch is written (with a spool, once the snapshot has
+ended; without one, inside it), through its own sqlite3 connection, so the timing is exact; on every plan.
 """
 
 from __future__ import annotations
@@ -18,7 +17,10 @@ import pytest
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
-from .harness import export, insert_rows, make_engine, post_row
+from export_batching_plugin import worker
+from export_batching_plugin.plan import COPY, DIRECT, SPOOL
+
+from .harness import export, force_plan, insert_rows, make_engine, post_row
 
 POSTS = 3000
 
@@ -72,10 +74,14 @@ def change_archive(db: Path, *, timeout: float) -> None:
         conn.execute("DELETE FROM posts WHERE uri IN (SELECT uri FROM posts ORDER BY created_at ASC LIMIT 100)")
 
 
+@pytest.mark.parametrize("source", [COPY, SPOOL, DIRECT])
 @pytest.mark.parametrize("setup", list(ENGINES))
 @pytest.mark.parametrize("journal_mode", ["WAL", "DELETE"])
-def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: str, setup: str) -> None:
+def test_export_equals_the_archive_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal_mode: str, setup: str, source: str
+) -> None:
     """Also on engines set up to begin transactions their own way: the plugin's snapshot respects that setup."""
+    force_plan(monkeypatch, source=source, child=False)
     engine, db = make_archive(tmp_path, journal_mode, setup)
     before = export(engine, tmp_path / "before", settings=None)
     assert before.posts_bytes is not None
@@ -88,17 +94,22 @@ def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: st
         except BaseException as exc:
             failures.append(exc)
 
-    def on_progress(done: int, total: int) -> None:
-        if not writers:
-            if journal_mode == "WAL":
-                writer()  # WAL: the writer commits while the export's read transaction stays open
+    original = worker.Writer.write
+
+    def write(self: worker.Writer, pieces: Any, *, batch: Any = None, posts: int = 0) -> None:
+        if batch is not None and not writers:
+            if journal_mode == "WAL" or source != DIRECT:
+                writer()  # the archive is free (a spool), or a reader does not block writers (WAL)
             else:
-                # Rollback journal: the writer must wait for the export's shared lock, so it runs beside it.
+                # Rollback journal, inside the snapshot: the writer must wait for the export's shared lock, so it
+                # runs beside it.
                 writers.append(threading.Thread(target=writer))
                 writers[0].start()
             writers.append(threading.current_thread())
+        original(self, pieces, batch=batch, posts=posts)
 
-    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100}, listener=on_progress)
+    monkeypatch.setattr(worker.Writer, "write", write)
+    outcome = export(engine, tmp_path / "during", settings={"threshold": 0, "batch_size": 100})
     for thread in writers:
         if thread is not threading.current_thread():
             thread.join(timeout=60)
@@ -111,6 +122,7 @@ def test_export_equals_the_archive_at_its_start(tmp_path: Path, journal_mode: st
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM posts WHERE text = 'new'").fetchone()[0] == 100
         assert conn.execute("SELECT count(*) FROM posts").fetchone()[0] == POSTS
+    monkeypatch.setattr(worker.Writer, "write", original)
     after = export(engine, tmp_path / "after", settings={"threshold": 0, "batch_size": 100})
     assert after.posts_bytes != before.posts_bytes
     engine.dispose()

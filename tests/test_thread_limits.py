@@ -28,8 +28,8 @@ import pytest
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
-from export_batching_plugin import writing
 from export_batching_plugin.batched import ExportFailed, Span
+from export_batching_plugin.plan import COPY, DIRECT, SPOOL
 
 from .conftest import plugin_toml
 from .harness import (
@@ -38,7 +38,9 @@ from .harness import (
     add_slow_media_file,
     archive_with_media,
     export,
+    fail_writing,
     feed_fifo,
+    force_plan,
     insert_rows,
     media_row,
     open_fds,
@@ -54,8 +56,6 @@ WHICH = {
     "the second media worker": r"export-media-1",
     "the media dispatcher": r"export-media-rows",
     "the progress heartbeat": r"export-progress",
-    "the writer": r"export-writer",
-    "the reader": r"export-reader",
 }
 
 
@@ -119,12 +119,19 @@ def media_files(outcome: Outcome) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (outcome.result.export_dir / "media").iterdir()}
 
 
-@pytest.mark.parametrize("which", [w for w in WHICH if w != "the reader"])
+@pytest.mark.parametrize("source", [COPY, SPOOL, DIRECT])
+@pytest.mark.parametrize("which", list(WHICH))
 @pytest.mark.parametrize("format", FORMATS)
 def test_the_export_does_the_work_itself(
-    media_archive: tuple[Engine, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str, format: str
+    media_archive: tuple[Engine, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    which: str,
+    format: str,
+    source: str,
 ) -> None:
     engine, media_dir, db = media_archive
+    force_plan(monkeypatch, source=source, child=False)
     checkouts = Checkouts(engine)
     refused = failing_starts(monkeypatch, WHICH[which])
     host, plugin, fds = export_twice(engine, tmp_path, media_dir, format=format)
@@ -151,16 +158,7 @@ def test_a_failure_without_threads_still_unwinds_everything(
     engine, media_dir, db = media_archive
     checkouts = Checkouts(engine)
     export(engine, tmp_path / "warm", settings=SETTINGS, media=True, media_dir=media_dir)
-    original = writing.JsonWriter.write_batch
-    calls = {"n": 0}
-
-    def full(self: writing.JsonWriter, batch: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-        original(self, batch)
-
-    monkeypatch.setattr(writing.JsonWriter, "write_batch", full)
+    fail_writing(monkeypatch, batch=3, error=OSError(errno.ENOSPC, "No space left on device"))
     refused = failing_starts(monkeypatch, WHICH[which])
     fds = open_fds()
     outcome = export(engine, tmp_path / "out", settings=SETTINGS, media=True, media_dir=media_dir)
@@ -197,7 +195,7 @@ def test_without_a_heartbeat_the_export_keeps_the_console_going_itself(
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("which", ["every thread", "the reader"])
+@pytest.mark.parametrize("which", ["every thread", "the progress heartbeat"])
 def test_on_postgresql_too(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:  # noqa: F811
     from skyarchive.models import Base
 

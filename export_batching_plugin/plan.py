@@ -1,0 +1,183 @@
+"""The plan of one export, made in one place before the read snapshot opens, and logged once (INFO, with why).
+
+Where the rows come from and wait (:data:`COPY`, :data:`SPOOL` or :data:`DIRECT`), who encodes them (this
+process alone, or with a child process on the second core), and what the export may use: helper threads, orjson.
+Each choice follows what the archive and the process allow:
+
+- **the source**: SQLite is copied into a database file of the export's own (the copy is the spool); another
+  database streams its rows into a spool file. Either waits in a private directory in TMPDIR, or beside the
+  export when TMPDIR is held in memory (a tmpfs), so that it never counts against a memory limit. Where that
+  directory lacks the room (its free space, and the file-size limit of ``ulimit -f``) or the process lacks the
+  descriptors, there is no spool: the rows are encoded as they are read, and the archive is held as long as
+  skyarchive alone would hold it.
+- **the second core**: a child process (:mod:`.pipeline`) for 10,000 posts and more (below, it takes longer to
+  start than it saves), where ``encoder_process`` is on, the fast encoders passed the self-check, and there is
+  a spool for it to read.
+- **an address-space limit** (``ulimit -v``): no child, no helper threads (each reserves a stack), and no orjson,
+  which crashes the process when an allocation fails: the export runs as skyarchive alone would, failing with
+  MemoryError where that fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from . import pgcopy
+from .config import Settings
+from .reading import count_archive
+
+log = logging.getLogger("export_batching_plugin")
+
+COPY, SPOOL, DIRECT = "copy", "spool", "direct"
+#: Selections this large get a child process.
+CHILD_POSTS = 10_000
+#: The spool of N posts takes about this share of their room in the archive (measured: docs/benchmarks.md),
+#: with room left for SQLite's sort of the copy.
+SPOOL_SHARE = 0.8
+#: Free space and descriptors left to everything else.
+MARGIN_BYTES, MARGIN_FDS = 16 << 20, 4
+#: Descriptors the spool (and SQLite's sort of it) and the child hold at once.
+SPOOL_FDS, CHILD_FDS = 4, 5
+_RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one export runs (see the module's docstring)."""
+
+    source: str
+    child: bool
+    copy_lines: bool
+    threads: bool
+    fast: bool
+    spool_dir: Path | None
+    room: int
+    why: str
+
+    def __str__(self) -> str:
+        where = {
+            COPY: f"copy the selection into {self.spool_dir}, sort it there",
+            SPOOL: f"spool the rows in {self.spool_dir}",
+            DIRECT: "encode the rows as they are read (the archive is held until the posts file is written)",
+        }[self.source]
+        cores = "on two cores (a child process)" if self.child else "in this process"
+        lines = ", posts.csv lines from PostgreSQL's COPY" if self.copy_lines else ""
+        return f"{where}; encode {cores}{lines} ({self.why})"
+
+
+def make_plan(
+    conn: Connection, *, selected: int, format: str, settings: Settings, fast_encoders: bool, beside: Path
+) -> Plan:
+    """The plan for exporting ``selected`` posts to ``format`` over ``conn`` (see the module's docstring);
+    ``beside``: the folder the export is written into."""
+    reasons: list[str] = []
+    limited = _finite(resource.RLIMIT_AS) or _finite(resource.RLIMIT_DATA)
+    if limited:
+        reasons.append("an address-space limit: no child, no helper threads, no orjson")
+    spool_dir = spool_directory(beside)
+    need = int(_stored(conn, selected) * SPOOL_SHARE) + MARGIN_BYTES
+    room = min(_free(spool_dir), _file_size_limit()) - MARGIN_BYTES
+    fds = _free_fds()
+    source = COPY if conn.dialect.name == "sqlite" else SPOOL
+    if need > room:
+        reasons.append(
+            f"no room for a spool: about {need >> 20} MB needed, {max(room, 0) >> 20} MB free in {spool_dir}"
+        )
+        source = DIRECT
+    elif fds < SPOOL_FDS + MARGIN_FDS:
+        reasons.append(f"only {fds} more descriptors may be opened")
+        source = DIRECT
+    child = settings.encoder_process and selected >= CHILD_POSTS and fast_encoders and not limited
+    if child and (source == DIRECT or fds < SPOOL_FDS + CHILD_FDS + MARGIN_FDS):
+        child = False
+    if not reasons:
+        reasons.append(f"{selected:,} posts, {room >> 20} MB free in the spool's folder")
+    copy_lines = format == "csv" and fast_encoders and pgcopy.usable(conn)  # PostgreSQL's CSV writer: pgcopy
+    plan = Plan(
+        source,
+        child,
+        copy_lines,
+        not limited,
+        fast_encoders and not limited,
+        spool_dir,
+        max(room, 0),
+        "; ".join(reasons),
+    )
+    log.info("export_batching: plan: %s", plan)
+    return plan
+
+
+def spool_directory(beside: Path) -> Path:
+    """Where the spool lives: TMPDIR, a disk other than the export's as a rule (the export's may be the slow
+    one); but when TMPDIR is held in memory (tmpfs), beside the export, so that the spool is never held in
+    memory, where a container's memory limit would count it."""
+    temporary = Path(tempfile.gettempdir())
+    return beside if in_memory(temporary) else temporary
+
+
+def in_memory(path: Path) -> bool:
+    """Whether ``path`` is on a filesystem held in memory (tmpfs, ramfs), from ``/proc/self/mounts``."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    where, found, best = os.path.realpath(path), None, -1
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3:
+            point = fields[1].replace("\\040", " ")
+            if (where == point or where.startswith(point.rstrip("/") + "/")) and len(point) > best:
+                best, found = len(point), fields[2]
+    return found in _RAM_FILESYSTEMS
+
+
+def _stored(conn: Connection, selected: int) -> int:
+    """About how many bytes the selection's posts take in the archive (its share of the posts' storage)."""
+    if conn.dialect.name == "sqlite":
+        pages = conn.exec_driver_sql("PRAGMA main.page_count").scalar_one()
+        size = conn.exec_driver_sql("PRAGMA main.page_size").scalar_one()
+        stored = int(pages) * int(size)
+    elif conn.dialect.name == "postgresql":
+        stored = int(
+            conn.execute(text("SELECT coalesce(pg_total_relation_size(to_regclass('posts')), 0)")).scalar_one()
+        )
+    else:
+        return selected * 2048  # no way to ask: a generous post
+    return stored * selected // max(count_archive(conn), 1)
+
+
+def _free(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
+def _finite(limit: int) -> bool:
+    soft = resource.getrlimit(limit)[0]
+    return soft != resource.RLIM_INFINITY
+
+
+def _file_size_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return 1 << 62 if soft == resource.RLIM_INFINITY else soft
+
+
+def _free_fds() -> int:
+    """How many more descriptors this process may open."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # less the one listing it
+    except OSError as exc:
+        return 0 if exc.errno in (errno.EMFILE, errno.ENFILE) else MARGIN_FDS + SPOOL_FDS + CHILD_FDS
+    return (1 << 20 if soft == resource.RLIM_INFINITY else soft) - used
