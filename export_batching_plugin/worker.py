@@ -87,7 +87,7 @@ class Framing:
     def __init__(self, format: str, encode: BatchEncoder, *, head: bytes = b"") -> None:
         self.format, self._encode, self.head = format, encode, head
 
-    def pieces(self, chunks: Iterable[Chunk], *, opening: bool) -> Iterator[Any]:
+    def pieces(self, chunks: Iterable[Chunk], *, opening: bool) -> Generator[Any, None, None]:
         """The bytes of these posts in the file, piece by piece (``opening``: they are the file's first)."""
         if self.format != "json":
             for rows, sizes in chunks:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import skyarchive.export
 
 from export_batching_plugin import blocks, pipeline, plan
 from export_batching_plugin.batched import ExportFailed, Span
