@@ -1,13 +1,13 @@
 """JSON Lines (skyarchive 0.5): streamed byte for byte as skyarchive writes it, and read back by a streaming consumer.
 
 The differential tests of the other formats run on JSON Lines too (tests/test_byte_identity.py and the
-others parametrize over every format the host writes); here: what is particular to it.
+others parametrize over every format the host writes); here: what is particular to it. Its readers (pandas,
+sqlite-utils, jq) read a seeded archive's posts.jsonl in tests/test_doc_recipes.py, as docs/usage.md prints them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -40,35 +40,3 @@ def test_each_line_is_one_post_in_export_order(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "a.db") as conn:
         order = [uri for (uri,) in conn.execute("SELECT uri FROM posts ORDER BY created_at DESC, uri ASC")]
     assert [json.loads(line)["uri"] for line in lines[:-1]] == order
-
-
-@pytest.mark.slow  # pandas: a large import, in the slow tests' environment only
-def test_pandas_reads_every_post_back_in_chunks(tmp_path: Path) -> None:
-    """pandas streams JSON Lines (``read_json(lines=True, chunksize=…)``), where an array must be loaded whole."""
-    if os.environ.get("CI") == "true":
-        import pandas
-    else:
-        pandas = pytest.importorskip("pandas", reason="pandas is installed in the slow tests' environment")
-    engine = make_engine(tmp_path / "a.db")
-    image = '{"images": [{"alt": "a cat, asleep", "aspectRatio": {"height": 750, "width": 1000}, "fullsize": "x@j"}]}'
-    rows = [
-        post_row(n, text=f"post {n}: é, \"quoted\"\nnext line", created_at=f"2025-01-{1 + n % 28:02d}T00:00:00.000Z",
-                 embed_type="images" if n % 4 == 0 else None, embed_data=image if n % 4 == 0 else None,
-                 labels='[{"val": "spam"}]' if n % 9 == 0 else None, like_count=n)
-        for n in range(6000)
-    ]  # fmt: skip
-    insert_rows(engine, rows)
-    outcome = export(engine, tmp_path / "out", settings={"threshold": 0, "batch_size": 500}, format="jsonl")
-    engine.dispose()
-    assert outcome.result is not None
-    path = outcome.result.export_dir / "posts.jsonl"
-    uris: list[str] = []
-    chunks = 0
-    with pandas.read_json(path, lines=True, chunksize=1000, dtype=False) as reader:
-        for chunk in reader:
-            chunks += 1
-            uris.extend(chunk["uri"])
-            assert len(chunk) <= 1000
-    with sqlite3.connect(tmp_path / "a.db") as conn:
-        order = [uri for (uri,) in conn.execute("SELECT uri FROM posts ORDER BY created_at DESC, uri ASC")]
-    assert chunks == 6 and uris == order
