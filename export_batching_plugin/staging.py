@@ -1,21 +1,25 @@
 """Staging: the export is written beside its final place, then renamed into it.
 
-- The staging directory is ``<exports>/<did>/.<name>.staging-<16 hex digits>``:
-  hidden, on the same filesystem as the final directory, named at random.
-- **Ownership is a lock, not a PID.** The export that creates a staging
-  directory holds an exclusive ``flock`` on it for its whole life; the kernel
-  drops the lock when that process ends, however it ends. So "stale" means
-  "nobody holds its lock", which stays true across PID namespaces (containers
-  sharing an exports volume) and PID reuse, where a PID says nothing. On a
-  filesystem without locks the export goes on unlocked (and says so): nobody
-  can take its directory for stale there, since cleanup skips what it cannot lock.
-- Publishing renames the staging directory to the final name with
-  ``renameat2(RENAME_NOREPLACE)``: an existing export directory, even an empty
-  one, is never replaced. Whether the rename happened is then read from the
-  disk (the final name is our directory, or not), not assumed.
-- On failure or interrupt before publishing, the staging directory is removed,
-  and only what was really removed is reported as removed. ``with Staging.create(final) as staging``
-  does that by itself: on the way out it releases a published directory and removes any other.
+- **The staging directory is the claim of the final name.** It is ``<exports>/<did>/.<name>.staging-export``,
+  named after the final directory ``<name>``, so that two exports of one DID started in the same second
+  (whose final directories have one name) meet at once: ``mkdir`` lets exactly one make it, in any process
+  or container sharing the volume, and the other stops before any work (:class:`ExportClash`), instead of
+  failing at the end. The final name is checked once the claim is held: an export that already published
+  there has given its claim up by renaming it.
+- **Ownership is a lock, not a PID.** The export that makes a staging directory holds an exclusive ``flock``
+  on it for its whole life; the kernel drops the lock when that process ends, however it ends. So "stale"
+  means "nobody holds its lock", which stays true across PID namespaces (containers sharing an exports
+  volume) and PID reuse, where a PID says nothing. A stale one is removed by the next export into the folder
+  (its claim taken over, if it has the same name), and only while that export holds its lock.
+- On a filesystem without locks the export goes on unlocked (and says so): nobody can take its directory
+  for stale there, since cleanup skips what it cannot lock.
+- Publishing renames the staging directory to the final name with ``renameat2(RENAME_NOREPLACE)``: an
+  existing export directory, even an empty one, is never replaced. Whether the rename happened is then read
+  from the disk (the final name is our directory, or not), not assumed.
+- On failure or interrupt before publishing, the staging directory is removed, and the owner's folder too if
+  this export made it and it is empty; only what was really removed is reported as removed.
+  ``with Staging.create(final) as staging`` does that by itself: on the way out it releases a published
+  directory and removes any other.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import fcntl
 import logging
 import os
 import re
-import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -37,12 +41,30 @@ from .host import SkyarchiveError, UsageError
 
 log = logging.getLogger("export_batching_plugin")
 
-_STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-[0-9a-f]{16}$")
+#: A staging directory: this release's (the claim of ``<name>``), or an earlier release's (named at random).
+_STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-(export|[0-9a-f]{16})$")
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 #: What ``flock`` fails with on a filesystem that does not do locks (an NFS mount without a lock manager,
 #: some FUSE and SMB mounts). EOPNOTSUPP is ENOTSUP on Linux.
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
-_RENAME_NOREPLACE = 1
+#: Claims given up to a racing export (it removed ours as stale between our mkdir and our lock) before
+#: this one gives up itself; each race takes microseconds.
+_CLAIM_ATTEMPTS = 10
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class ExportClash(SkyarchiveError):
+    """Another export of this DID started in the same second: the final directory ``final`` is there
+    (``exists``), or another export is writing it. Raised before any work is done."""
+
+    def __init__(self, final: Path, *, exists: bool) -> None:
+        self.final, self.exists = final, exists
+        if exists:
+            what = f"export directory already exists: {final} (another export of this DID started in the same second)"
+        else:
+            what = f"another export of this DID started in the same second and is writing {final}"
+        super().__init__(f"{what}; run this one again")
 
 
 def check_folder_name(did: str) -> None:
@@ -67,26 +89,44 @@ _renameat2 = _libc_function("renameat2")
 def _lock(path: Path) -> int | None:
     """An fd of the directory ``path`` holding its exclusive lock, or None if another process holds it.
 
-    Raises OSError when ``path`` is not there, or is not a directory (a symlink, say).
+    Raises FileNotFoundError when ``path`` is gone, or was replaced while it was being locked; OSError when
+    it is not a directory (a symlink, say) or cannot be locked.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd = os.open(path, _DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        here, mine = os.lstat(path), os.fstat(fd)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            raise FileNotFoundError(errno.ENOENT, "replaced while it was being locked", str(path))
     except BlockingIOError:
         os.close(fd)
         return None
     except BaseException:
         os.close(fd)
         raise
-    try:
-        here = os.lstat(path)
-    except OSError:
-        here = None
-    mine = os.fstat(fd)
-    if here is None or (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):  # removed or replaced meanwhile
-        os.close(fd)
-        return None
     return fd
+
+
+def _can_lock(folder: Path) -> bool:
+    """Whether an export can lock its staging directory in ``folder``; where not, say once what that costs."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped with the fd
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+        log.warning(
+            "export_batching: %s does not support file locks (%s); exporting without one. Staging folders"
+            " left there by exports that did not finish (.*.staging-*) are not removed automatically: remove"
+            " them by hand while no export runs.",
+            folder, exc.strerror,
+        )  # fmt: skip
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def remove_tree(path: Path) -> OSError | None:
@@ -101,6 +141,22 @@ def remove_tree(path: Path) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def _remove_stale(path: Path) -> OSError | None:
+    """Remove the staging directory ``path``, whose lock the caller holds; the error that stopped it, or None.
+
+    An empty one goes silently: nothing was lost (its export had not begun, or was killed right away).
+    """
+    with suppress(OSError):
+        os.rmdir(path)
+        return None
+    error = remove_tree(path)
+    if error is None:
+        log.warning("export_batching: removed %s, left by an export that did not finish", path)
+    else:
+        log.warning("export_batching: could not remove %s, left by an export that did not finish: %s", path, error)
+    return error
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
@@ -126,14 +182,10 @@ def remove_stale_staging(folder: Path) -> list[Path]:
         if fd is None:
             continue  # a running export's
         try:
-            error = remove_tree(path)
+            if _remove_stale(path) is None:
+                removed.append(path)
         finally:
             os.close(fd)
-        if error is None:
-            log.warning("export_batching: removed %s, left by an export that did not finish", path)
-            removed.append(path)
-        else:
-            log.warning("export_batching: could not remove %s, left by an export that did not finish: %s", path, error)
     return removed
 
 
@@ -185,13 +237,25 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _make_folder(folder: Path) -> bool:
+    """Make the owner's folder ``folder`` (and the exports folder) where missing; whether this made ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
 class Staging:
     """The staging directory of one export, locked by it from creation until it is published or removed."""
 
-    def __init__(self, path: Path, final: Path, fd: int) -> None:
+    def __init__(self, path: Path, final: Path, fd: int, *, made_folder: bool = False) -> None:
         self.path, self.final = path, final
         self._fd: int | None = fd
         self._inode = os.fstat(fd).st_ino
+        #: Whether this export made the owner's folder (the staging directory's parent): removed if left empty.
+        self.made_folder = made_folder
         #: Why the staging directory could not be removed after a failure (None: it was, or it was published).
         self.removal_error: OSError | None = None
 
@@ -210,43 +274,69 @@ class Staging:
 
     @classmethod
     def create(cls, final: Path) -> Staging:
-        """Remove stale staging beside ``final``, then create and lock a fresh staging directory."""
-        parent = final.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(parent)
-        if os.path.lexists(final):
-            raise SkyarchiveError(f"export directory already exists: {final}")
-        while True:
-            path = parent / f".{final.name}.staging-{secrets.token_hex(8)}"
-            path.mkdir()  # FileExistsError on a planted name: stop, do not write through it
-            try:
-                fd = _lock(path)
-            except FileNotFoundError:
-                fd = None
-            except OSError as exc:
-                if exc.errno not in _NO_LOCKS:
-                    with suppress(OSError):
-                        path.rmdir()
-                    raise
-                fd = cls._unlocked(path, exc)
-            if fd is not None:
-                return cls(path, final, fd)
-            # Between our mkdir and our lock, another export took it for stale and removed it: a new name.
+        """Claim ``final``'s name: remove stale staging beside it, then make and lock its staging directory.
+
+        Raises :class:`ExportClash` if ``final`` exists or another export holds the claim; FileExistsError if
+        something else (a symlink, a file) sits at the staging name: it is never written through.
+        """
+        parent, path = final.parent, final.parent / f".{final.name}.staging-export"
+        made = _make_folder(parent)
+        try:
+            locking = _can_lock(parent)
+            if locking:
+                remove_stale_staging(parent)
+            for _ in range(_CLAIM_ATTEMPTS):
+                made = _make_folder(parent) or made  # again, if an export that made it failed and removed it
+                try:
+                    fd = cls._claim(path, final, locking)
+                except FileNotFoundError:
+                    continue  # removed meanwhile, by another export that took it for stale: again
+                if fd is not None:
+                    return cls(path, final, fd, made_folder=made)
+            raise ExportClash(final, exists=False)
+        except BaseException:
+            if made:
+                _remove_if_empty(parent)
+            raise
 
     @staticmethod
-    def _unlocked(path: Path, why: OSError) -> int:
-        """On a filesystem without locks: go on without one, and say what that means.
-
-        Nobody can take such a directory for stale (cleanup skips what it cannot lock), so the export is
-        as safe as with a lock; only a staging directory left by an export that was killed stays.
-        """
-        log.warning(
-            "export_batching: %s does not support file locks (%s); exporting without one. Staging folders"
-            " left there by exports that did not finish (.*.staging-*) are not removed automatically: remove"
-            " them by hand while no export runs.",
-            path.parent, why.strerror,
-        )  # fmt: skip
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    def _claim(path: Path, final: Path, locking: bool) -> int | None:
+        """Make ``path`` and take it: its fd (locked, where ``locking``), or None to look again (a stale one was
+        removed, or another export locked ours before we did). ExportClash if another export holds it, or
+        nobody can tell (no locks)."""
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise  # planted: never followed, never removed
+            if not locking:
+                raise ExportClash(final, exists=False) from None  # nobody can tell whether it runs
+            held = _lock(path)
+            if held is None:
+                raise ExportClash(final, exists=False) from None
+            try:
+                error = _remove_stale(path)
+            finally:
+                os.close(held)
+            if error is not None:
+                raise error from None
+            return None
+        try:
+            fd = _lock(path) if locking else os.open(path, _DIRECTORY)
+        except FileNotFoundError:
+            raise
+        except BaseException:
+            with suppress(OSError):
+                os.rmdir(path)
+            raise
+        if fd is None:  # locked between our mkdir and our lock: by a claimer, or by cleanup about to remove it
+            return None  # look again
+        if os.path.lexists(final):  # published by an export that had the claim before
+            os.close(fd)
+            with suppress(OSError):
+                os.rmdir(path)
+            raise ExportClash(final, exists=True)
+        return fd
 
     def published(self) -> bool:
         """Whether the final name is this staging directory now (it was renamed into place)."""
@@ -263,9 +353,12 @@ class Staging:
             raise SkyarchiveError(f"export directory already exists: {self.final}") from None
 
     def remove(self) -> OSError | None:
-        """Remove the staging directory (after a failure); the error that stopped it, or None."""
+        """Remove the staging directory (after a failure), and the owner's folder if this export made it and it
+        is left empty; the error that stopped it, or None."""
         error = remove_tree(self.path)
         self.release()
+        if self.made_folder:
+            _remove_if_empty(self.path.parent)
         return error
 
     def release(self) -> None:
@@ -273,3 +366,8 @@ class Staging:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):  # not empty (another export's, an earlier export), or gone: left as it is
+        os.rmdir(folder)

@@ -34,7 +34,9 @@ FOLDER = DEFAULT_DID.replace(":", "_")
 LOCK_AND_WAIT = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"  # noqa: E501
 
 
-def stale_name(second: int, token: str) -> str:
+def stale_name(second: int, token: str = "export") -> str:
+    """A staging directory's name: this release's (``export``: the claim of its final name), or an earlier
+    release's (16 hex digits, at random), which cleanup removes too."""
     return f".2025-01-01_00-00-{second:02d}.staging-{token}"
 
 
@@ -47,7 +49,10 @@ def test_only_unlocked_staging_directories_are_removed(tmp_path: Path, caplog: p
     stale = folder / stale_name(0, "0" * 16)
     (stale / "media").mkdir(parents=True)
     (stale / "posts.json").write_text("[\n", encoding="utf-8")
-    live = folder / stale_name(1, "1" * 16)
+    claim = folder / stale_name(5)  # this release's: the claim of a final name, stale
+    claim.mkdir()
+    (claim / "posts.json").write_text("[\n", encoding="utf-8")
+    live = folder / stale_name(1)
     live.mkdir()
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "file").write_text("keep", encoding="utf-8")
@@ -62,11 +67,11 @@ def test_only_unlocked_staging_directories_are_removed(tmp_path: Path, caplog: p
         with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
             second = export(engine, tmp_path, settings=SETTINGS, folder="shared")
         assert second.error is None and second.result is not None
-        assert not stale.exists()
+        assert not stale.exists() and not claim.exists()
         assert live.is_dir() and link.is_symlink() and all(path.is_dir() for path in odd)
         assert (tmp_path / "keep" / "file").read_text(encoding="utf-8") == "keep"
         assert first.result.export_dir.is_dir()
-        assert caplog.text.count("removed ") == 1 and f"removed {stale}," in caplog.text
+        assert caplog.text.count("removed ") == 2 and f"removed {stale}," in caplog.text
     finally:
         holder.kill()
         holder.wait()
@@ -330,7 +335,7 @@ def test_a_lock_that_fails_for_another_reason_fails_the_export_and_leaves_nothin
     monkeypatch.setattr(staging.fcntl, "flock", broken)
     outcome = export(engine, tmp_path, settings=SETTINGS, folder="shared")
     assert outcome.error is not None and "Input/output error" in str(outcome.error)
-    assert [p.name for p in (tmp_path / "shared").rglob("*")] == ["did_plc_owner"]
+    assert list((tmp_path / "shared").rglob("*")) == [], "not even the owner's folder it made"
     engine.dispose()
 
 
@@ -353,22 +358,32 @@ def test_a_directory_removed_or_replaced_while_it_is_locked_is_not_taken(
     assert (tmp_path / "moved").is_dir() and stale.is_dir() == (race == "replaced")
 
 
-def test_a_staging_directory_taken_away_before_it_was_locked_gets_a_new_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("race", ["removed before our lock", "locked by the cleanup as we lock"])
+def test_a_claim_taken_away_before_it_was_locked_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: str
 ) -> None:
-    """Between mkdir and lock another export may take a fresh staging directory for stale: start again."""
-    names = iter(["a" * 16, "b" * 16])
-    monkeypatch.setattr(staging.secrets, "token_hex", lambda n: next(names))
+    """Between mkdir and lock the cleanup of another export (of another second) may take a fresh claim for stale,
+    lock it and remove it: not a clash; make it again."""
     real_lock = staging._lock
+    taken: list[Path] = []
 
     def lock(path: Path) -> int | None:
-        if path.name.endswith("a" * 16):
-            path.rmdir()  # the other export removed it
-        return real_lock(path)
+        if taken:
+            return real_lock(path)
+        taken.append(path)
+        if race == "removed before our lock":
+            path.rmdir()
+            return real_lock(path)
+        cleanup = real_lock(path)  # the other export's lock
+        try:
+            return real_lock(path)  # ours: held
+        finally:
+            path.rmdir()
+            os.close(cleanup or -1)
 
     monkeypatch.setattr(staging, "_lock", lock)
     made = staging.Staging.create(tmp_path / "did" / "2025-01-01_00-00-00")
-    assert made.path.name == ".2025-01-01_00-00-00.staging-" + "b" * 16 and made.path.is_dir()
+    assert taken == [made.path] and made.path.name == ".2025-01-01_00-00-00.staging-export" and made.path.is_dir()
     assert sorted(p.name for p in made.path.parent.iterdir()) == [made.path.name]
     made.release()
 
@@ -377,6 +392,7 @@ def test_cleanup_of_a_folder_that_is_gone_or_emptied_meanwhile(tmp_path: Path, m
     assert staging.remove_stale_staging(tmp_path / "missing") == []
     stale = tmp_path / stale_name(0, "0" * 16)
     stale.mkdir()
+    (stale / "posts.json").write_text("[\n", encoding="utf-8")
     real_rmtree = staging.shutil.rmtree
 
     def another_got_there_first(path: Any, *args: Any, **kwargs: Any) -> None:
