@@ -11,11 +11,18 @@
   means "nobody holds its lock", which stays true across PID namespaces (containers sharing an exports
   volume) and PID reuse, where a PID says nothing. A stale one is removed by the next export into the folder
   (its claim taken over, if it has the same name), and only while that export holds its lock.
-- On a filesystem without locks the export goes on unlocked (and says so): nobody can take its directory
-  for stale there, since cleanup skips what it cannot lock.
+- **Where no lock can be taken** (a filesystem without locks, a sandbox that refuses ``flock``) the export
+  goes on unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an
+  export that can lock there (another container) must not take it for stale, and skips it, as it skips what
+  it cannot lock. The bit is cleared once the export is in place.
 - Publishing renames the staging directory to the final name with ``renameat2(RENAME_NOREPLACE)``: an
-  existing export directory, even an empty one, is never replaced. Whether the rename happened is then read
-  from the disk (the final name is our directory, or not), not assumed.
+  existing export directory, even an empty one, is never replaced. Where that call is missing or refused,
+  a check, then a rename: safe, since no other export can publish under a name whose claim this one holds.
+  Whether the rename happened is then read from the disk (the final name is our directory, or not).
+- **A refused system call is not a failed export** (seccomp profiles, gVisor): ``syncfs`` refused is an
+  fsync of each file and directory, ``renameat2`` the check and rename above, ``flock`` an export without a
+  lock, an ``fsync`` of a directory a warning. Each is said once per export: at INFO where only speed is
+  lost, as a WARNING where a guarantee is.
 - On failure or interrupt before publishing, the staging directory is removed, and the owner's folder too if
   this export made it and it is empty; only what was really removed is reported as removed.
   ``with Staging.create(final) as staging`` does that by itself: on the way out it releases a published
@@ -45,9 +52,15 @@ log = logging.getLogger("export_batching_plugin")
 _STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-(export|[0-9a-f]{16})$")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-#: What ``flock`` fails with on a filesystem that does not do locks (an NFS mount without a lock manager,
-#: some FUSE and SMB mounts). EOPNOTSUPP is ENOTSUP on Linux.
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+#: What a sandbox's filter (a seccomp profile, gVisor) answers for a system call it refuses.
+_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
+#: What ``flock`` fails with where no lock can be taken: a filesystem without locks (an NFS mount without a
+#: lock manager, some FUSE and SMB mounts; EOPNOTSUPP is ENOTSUP on Linux), or a sandbox refusing the call.
+_NO_LOCKS = _REFUSED | {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: What ``fsync`` of a directory fails with where it is refused, or where the filesystem does not do it.
+_NO_DIRECTORY_SYNC = _REFUSED | {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: The mark of a staging directory whose export cannot lock it (see the module's docstring).
+_UNLOCKED = stat.S_ISVTX
 #: Claims given up to a racing export (it removed ours as stale between our mkdir and our lock) before
 #: this one gives up itself; each race takes microseconds.
 _CLAIM_ATTEMPTS = 10
@@ -118,9 +131,9 @@ def _can_lock(folder: Path) -> bool:
         if exc.errno not in _NO_LOCKS:
             raise
         log.warning(
-            "export_batching: %s does not support file locks (%s); exporting without one. Staging folders"
-            " left there by exports that did not finish (.*.staging-*) are not removed automatically: remove"
-            " them by hand while no export runs.",
+            "export_batching: no file locks in %s (flock: %s); exporting without one. Staging folders left"
+            " there by exports that did not finish (.*.staging-*) are not removed automatically: remove them"
+            " by hand while no export runs.",
             folder, exc.strerror,
         )  # fmt: skip
         return False
@@ -143,11 +156,14 @@ def remove_tree(path: Path) -> OSError | None:
     return None
 
 
-def _remove_stale(path: Path) -> OSError | None:
-    """Remove the staging directory ``path``, whose lock the caller holds; the error that stopped it, or None.
+def _remove_stale(path: Path, fd: int) -> OSError | None:
+    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it
+    (marked: nobody can tell whether it still runs); the error that stopped it, or None once it is gone.
 
     An empty one goes silently: nothing was lost (its export had not begun, or was killed right away).
     """
+    if os.fstat(fd).st_mode & _UNLOCKED:
+        return FileExistsError(errno.EEXIST, "made by an export that could not lock it", str(path))
     with suppress(OSError):
         os.rmdir(path)
         return None
@@ -182,7 +198,7 @@ def remove_stale_staging(folder: Path) -> list[Path]:
         if fd is None:
             continue  # a running export's
         try:
-            if _remove_stale(path) is None:
+            if _remove_stale(path, fd) is None:
                 removed.append(path)
         finally:
             os.close(fd)
@@ -190,17 +206,29 @@ def remove_stale_staging(folder: Path) -> list[Path]:
 
 
 def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists."""
+    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
+
+    Where ``renameat2`` is missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused
+    (a sandbox): check, then rename, said once. A rename onto an empty directory would replace it, so this is
+    safe only while nothing else can make ``target``: :class:`Staging` holds the claim of its name.
+    """
+    refused = None
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
             return
         code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL):
+        if code not in _REFUSED | {errno.EINVAL}:
             raise OSError(code, os.strerror(code), str(target))
-    # No renameat2 here: check, then rename (a rename onto an existing empty directory would succeed).
+        refused = os.strerror(code)
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)
+    if refused is not None:
+        log.info(
+            "export_batching: renameat2 is refused here (%s); the export was put in place by a check, then a"
+            " rename (safe: no other export can take a name whose claim it holds)",
+            refused,
+        )
 
 
 def sync_tree(root: Path) -> None:
@@ -208,33 +236,62 @@ def sync_tree(root: Path) -> None:
 
     Linux: one ``syncfs`` of the filesystem that holds ``root`` (it also flushes other files there; on a
     filesystem with little else being written that costs nothing, and it commits the journal once instead
-    of once per file). Elsewhere: an ``fsync`` of each file and directory.
+    of once per file). Where it is refused (a sandbox: EPERM, EACCES, ENOSYS), and elsewhere: an ``fsync``
+    of each file and directory, said once at INFO (only speed is lost). A directory's fsync that is refused
+    is left out here: :func:`fsync_directory` of the export's folder says so.
     """
+    refused = None
     if _syncfs is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code), str(root))
+            failed, code = _syncfs(fd) != 0, ctypes.get_errno()
         finally:
             os.close(fd)
-        return
-    for folder, _dirs, files in os.walk(root):  # pragma: no cover - no syncfs: not Linux
+        if not failed:
+            return
+        if code not in _REFUSED:
+            raise OSError(code, os.strerror(code), str(root))
+        refused = os.strerror(code)
+    for folder, _dirs, files in os.walk(root, onerror=_raise):
         for name in files:
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fsync_directory(Path(folder))
+        _fsync_directory(Path(folder))
+    if refused is not None:
+        log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def fsync_directory(path: Path) -> None:
+    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the
+    names are not known to be on disk) rather than fail."""
+    refused = _fsync_directory(path)
+    if refused is not None:
+        log.warning(
+            "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if the"
+            " system stops before it writes them",
+            refused.strerror, path,
+        )  # fmt: skip
+
+
+def _fsync_directory(path: Path) -> OSError | None:
+    """fsync the directory ``path``; the error if that is refused, None if done."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_DIRECTORY_SYNC:
+            raise
+        return exc
     finally:
         os.close(fd)
+    return None
 
 
 def _make_folder(folder: Path) -> bool:
@@ -253,7 +310,8 @@ class Staging:
     def __init__(self, path: Path, final: Path, fd: int, *, made_folder: bool = False) -> None:
         self.path, self.final = path, final
         self._fd: int | None = fd
-        self._inode = os.fstat(fd).st_ino
+        mode = os.fstat(fd)
+        self._inode, self._marked = mode.st_ino, bool(mode.st_mode & _UNLOCKED)
         #: Whether this export made the owner's folder (the staging directory's parent): removed if left empty.
         self.made_folder = made_folder
         #: Why the staging directory could not be removed after a failure (None: it was, or it was published).
@@ -302,10 +360,9 @@ class Staging:
     @staticmethod
     def _claim(path: Path, final: Path, locking: bool) -> int | None:
         """Make ``path`` and take it: its fd (locked, where ``locking``), or None to look again (a stale one was
-        removed, or another export locked ours before we did). ExportClash if another export holds it, or
-        nobody can tell (no locks)."""
+        removed, or another export locked ours before we did). ExportClash if another export holds it."""
         try:
-            os.mkdir(path)
+            os.mkdir(path, 0o777 if locking else 0o777 | _UNLOCKED)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise  # planted: never followed, never removed
@@ -315,9 +372,11 @@ class Staging:
             if held is None:
                 raise ExportClash(final, exists=False) from None
             try:
-                error = _remove_stale(path)
+                error = _remove_stale(path, held)
             finally:
                 os.close(held)
+            if isinstance(error, FileExistsError):  # marked: its export runs without a lock, perhaps still
+                raise ExportClash(final, exists=False) from None
             if error is not None:
                 raise error from None
             return None
@@ -351,6 +410,9 @@ class Staging:
             rename_noreplace(self.path, self.final)
         except FileExistsError:
             raise SkyarchiveError(f"export directory already exists: {self.final}") from None
+        if self._marked and self._fd is not None:  # in place: the mark has done its work
+            with suppress(OSError):
+                os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) & ~_UNLOCKED)
 
     def remove(self) -> OSError | None:
         """Remove the staging directory (after a failure), and the owner's folder if this export made it and it

@@ -1,9 +1,12 @@
 """Never worse than skyarchive alone, in any sandbox (issue 20).
 
-:mod:`tests.sandbox` runs a command inside a real seccomp filter that refuses chosen system calls; it is
-checked first. Then: two exports of one DID started in the same second (the second stops before any work),
-several claiming one name at once (exactly one gets it), and a failed export leaving no owner's folder it
-made.
+Seccomp profiles, gVisor and other sandboxes refuse system calls that skyarchive alone never makes:
+``renameat2`` (EPERM), ``syncfs`` (EPERM, ENOSYS), ``flock`` (EPERM, EACCES). Each test here runs
+skyarchive 0.5 alone and with the plugin, through the CLI, inside a real seccomp filter
+(:mod:`tests.sandbox`) that refuses the call: both export, the same bytes, nothing is left behind, and the
+plugin says once what it gave up. Then: two exports of one DID started in the same second (the second
+stops before any work), several claiming one name at once (exactly one gets it), and a failed export
+leaving no owner's folder it made.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +28,8 @@ import pytest
 from skyarchive.cli import run_export
 from skyarchive.config import AppConfig
 from skyarchive.export import ExportJob, ExportRequest, export_dir_for
-from skyarchive.seed import DEFAULT_DID
+from skyarchive.models import media_table, posts_table
+from skyarchive.seed import DEFAULT_DID, seed_archive
 from sqlalchemy import create_engine, event
 
 from export_batching_plugin import staging
@@ -33,7 +39,9 @@ from . import sandbox
 from .conftest import plugin_toml
 from .harness import (
     Recorder,
+    add_slow_media_file,
     export,
+    feed_fifo,
     insert_rows,
     make_engine,
     plugin_manager,
@@ -144,6 +152,102 @@ def start(root: Path, refused: dict[str, str], config: str, out: Path, *options:
     )  # fmt: skip
 
 
+def files(folder: Path) -> dict[str, bytes]:
+    """The export's files that both exporters write alike (the manifest names its exporter)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", "SHA256SUMS")
+    }
+
+
+#: refused call -> what the plugin says about it, once, and at which level.
+SAID = {
+    "renameat2": ("INFO", "renameat2 is refused here"),
+    "syncfs": ("INFO", "syncfs is refused here"),
+    "flock": ("WARNING", "no file locks in"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("filters")
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [("renameat2", "EPERM"), ("syncfs", "EPERM"), ("syncfs", "ENOSYS"), ("flock", "EPERM"), ("flock", "EACCES")],
+)
+def test_a_refused_call_is_never_a_failed_export(seeded: Path, tmp_path: Path, call: str, code: str) -> None:
+    refused = {call: code}
+    left = tmp_path / "plugin-json" / FOLDER / ".2025-01-01_00-00-00.staging-0123456789abcdef"
+    (left / "media").mkdir(parents=True)  # a killed export's: removed only where locks are taken
+    runs = {
+        (who, fmt): start(seeded, refused, f"{who}.toml", tmp_path / f"{who}-{fmt}", *options)
+        for fmt, options in (("json", ("--format", "json", "--media")), ("csv", ("--format", "csv")))
+        for who in ("host", "plugin")
+    }
+    done = {key: (process, *process.communicate(timeout=120)) for key, process in runs.items()}
+    for (who, fmt), (process, out, err) in done.items():
+        assert process.returncode == 0, f"{who} {fmt}: {err}"
+        exported = Path(out.strip().splitlines()[-1])
+        assert exported.parent == tmp_path / f"{who}-{fmt}" / FOLDER
+        assert not exported.stat().st_mode & stat.S_ISVTX
+    for fmt in ("json", "csv"):
+        host, plugin = (Path(done[who, fmt][1].strip().splitlines()[-1]) for who in ("host", "plugin"))
+        assert files(plugin) == files(host) and files(host)
+        check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=plugin, check=False)
+        assert check.returncode == 0
+        said = [line for line in done["plugin", fmt][2].splitlines() if SAID[call][1] in line]
+        level = SAID[call][0]
+        assert len(said) == 1 and said[0].startswith(f"skyarchive: {level}: export_batching: "), said
+        assert f"{os.strerror(getattr(errno, code))})" in said[0]
+    entries = sorted(p.name for p in (tmp_path / "plugin-json" / FOLDER).iterdir())
+    if call == "flock":  # nobody can tell a live staging directory from a dead one without a lock: left
+        assert entries[0] == left.name and len(entries) == 2
+    else:
+        assert len(entries) == 1 and not left.exists()
+    assert [p for p in tmp_path.rglob("*") if ".staging" in p.name] == ([left] if call == "flock" else [])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("filters")
+def test_an_export_that_cannot_lock_is_not_taken_for_stale(tmp_path: Path) -> None:
+    """Two containers share the exports volume; one refuses ``flock``. Its export, waiting on a slow media
+    file, holds no lock: an export from the other one (which can lock) must not take its staging directory
+    for stale. Both complete."""
+    for name in ("slow", "small"):
+        engine = make_engine(tmp_path / f"{name}.db")
+        seed_archive(engine, posts_table, media_table, posts=30, media_every=0, media_dir=tmp_path / "media")
+        if name == "slow":
+            fifo = add_slow_media_file(engine, tmp_path / "media")
+        engine.dispose()
+    (tmp_path / "skyarchive.toml").write_text(plugin_toml(threshold=0), encoding="utf-8")
+    out, folder = tmp_path / "exports", tmp_path / "exports" / FOLDER
+
+    def command(db: str) -> list[str]:
+        args = ["--db", f"sqlite:///{tmp_path / db}", "export", "--did", DEFAULT_DID, "--format", "json"]
+        return [sys.executable, "-m", "skyarchive", *args, "--media", "--out", str(out)]
+
+    unlocked = subprocess.Popen(
+        sandbox.command({"flock": "EPERM"}, command("slow.db")),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (live := list(folder.glob(".*.staging-*")) if folder.is_dir() else []):
+            assert time.monotonic() < deadline and unlocked.poll() is None, "no staging directory appeared"
+            time.sleep(0.02)
+        time.sleep(1.1)  # export directories are named by the second
+        newcomer = subprocess.run(command("small.db"), cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert newcomer.returncode == 0, newcomer.stderr
+        assert live[0].is_dir() and "removed" not in newcomer.stderr, "it took a running export's staging for stale"
+        feed_fifo(fifo)
+        _, err = unlocked.communicate(timeout=60)
+    finally:
+        unlocked.kill()
+        unlocked.wait()
+    assert unlocked.returncode == 0, err
+    assert len(list(folder.iterdir())) == 2 and not any(p.name.startswith(".") for p in folder.iterdir())
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("filters")
 def test_a_failed_export_leaves_no_owner_folder_it_made(seeded: Path, tmp_path: Path) -> None:
@@ -159,6 +263,45 @@ def test_a_failed_export_leaves_no_owner_folder_it_made(seeded: Path, tmp_path: 
         assert "failed: Input/output error" in err.strip().splitlines()[-1]
     assert list((tmp_path / "fresh").iterdir()) == []
     assert before.is_dir() and list(before.iterdir()) == []
+
+
+# -- refusals in-process: a directory's fsync ---------------------------------------------------------
+
+
+def test_a_refused_directory_sync_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``fsync`` of a directory refused (some FUSE and network filesystems: EINVAL; a sandbox), with syncfs
+    refused too, so that every file and folder is synced one by one: the export completes, the same bytes,
+    one INFO line for syncfs and one WARNING for the folders."""
+    engine = make_engine(tmp_path / "a.db")
+    insert_rows(engine, [post_row(n) for n in range(30)])
+    host = export(engine, tmp_path / "host", settings=None)
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        synced.append(fd)
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> int:
+        import ctypes
+
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(staging, "_syncfs", syncfs)
+    with caplog.at_level(logging.INFO, logger="export_batching_plugin"):
+        plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "checksums": True})
+    assert plugin.error is None and plugin.posts_bytes == host.posts_bytes
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "refused" in r.getMessage()]
+    assert [level for level, _ in said] == ["INFO", "WARNING"], said
+    assert "syncfs is refused here" in said[0][1] and "fsync of a directory is refused here" in said[1][1]
+    assert len(synced) >= 3, "posts file, manifest and SHA256SUMS synced one by one"
+    engine.dispose()
 
 
 # -- two exports of one DID in the same second ---------------------------------------------------------
@@ -258,6 +401,19 @@ def test_a_claim_left_by_a_killed_export_is_taken_over(
     assert made.path == claim and list(claim.iterdir()) == []
     assert caplog.text.count(f"removed {claim}, left by an export that did not finish") == 1
     made.release()
+
+
+def test_a_claim_made_without_a_lock_is_never_taken(tmp_path: Path) -> None:
+    """Marked by an export that could not lock it (a sandbox refusing flock): nobody can tell whether it runs."""
+    final = tmp_path / "did" / "2025-06-01_12-00-00"
+    claim = final.with_name(f".{final.name}.staging-export")
+    final.parent.mkdir()
+    claim.mkdir(0o777 | stat.S_ISVTX)
+    (claim / "posts.json").write_text("[\n", encoding="utf-8")
+    assert staging.remove_stale_staging(final.parent) == []
+    with pytest.raises(staging.ExportClash):
+        staging.Staging.create(final)
+    assert [p.name for p in claim.iterdir()] == ["posts.json"] and not final.exists()
 
 
 CLAIM = r"""
