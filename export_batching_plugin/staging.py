@@ -125,7 +125,7 @@ def _can_lock(folder: Path) -> bool:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped with the fd
-    except BlockingIOError:
+    except BlockingIOError:  # pragma: no cover - no export locks an owner's folder: locks work there
         pass
     except OSError as exc:
         if exc.errno not in _NO_LOCKS:
@@ -344,11 +344,11 @@ class Staging:
             if locking:
                 remove_stale_staging(parent)
             for _ in range(_CLAIM_ATTEMPTS):
-                made = _make_folder(parent) or made  # again, if an export that made it failed and removed it
                 try:
                     fd = cls._claim(path, final, locking)
-                except FileNotFoundError:
-                    continue  # removed meanwhile, by another export that took it for stale: again
+                except FileNotFoundError:  # the claim, or the owner's folder, removed meanwhile by another export
+                    made = _make_folder(parent) or made
+                    continue
                 if fd is not None:
                     return cls(path, final, fd, made_folder=made)
             raise ExportClash(final, exists=False)
@@ -383,7 +383,7 @@ class Staging:
         try:
             fd = _lock(path) if locking else os.open(path, _DIRECTORY)
         except FileNotFoundError:
-            raise
+            raise  # gone: what is at its name now may be another export's claim, never to be removed
         except BaseException:
             with suppress(OSError):
                 os.rmdir(path)
@@ -391,9 +391,9 @@ class Staging:
         if fd is None:  # locked between our mkdir and our lock: by a claimer, or by cleanup about to remove it
             return None  # look again
         if os.path.lexists(final):  # published by an export that had the claim before
-            os.close(fd)
             with suppress(OSError):
-                os.rmdir(path)
+                os.rmdir(path)  # while it is still ours
+            os.close(fd)
             raise ExportClash(final, exists=True)
         return fd
 

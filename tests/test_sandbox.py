@@ -416,6 +416,63 @@ def test_a_claim_made_without_a_lock_is_never_taken(tmp_path: Path) -> None:
     assert [p.name for p in claim.iterdir()] == ["posts.json"] and not final.exists()
 
 
+def no_locks(fd: int, operation: int) -> None:
+    """``flock`` as a sandbox refuses it."""
+    raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+
+def test_without_locks_any_claim_there_is_a_clash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No locks: a claim already there may be a running export's; nobody can tell, so it is left alone."""
+    final = tmp_path / "did" / "2025-06-01_12-00-00"
+    claim = final.with_name(f".{final.name}.staging-export")
+    claim.mkdir(parents=True)
+    monkeypatch.setattr(staging.fcntl, "flock", no_locks)
+    with pytest.raises(staging.ExportClash) as info:
+        staging.Staging.create(final)
+    assert not info.value.exists and claim.is_dir()
+
+
+def test_a_stale_claim_that_cannot_be_removed_is_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    final = tmp_path / "did" / "2025-06-01_12-00-00"
+    claim = final.with_name(f".{final.name}.staging-export")
+    (claim / "media").mkdir(parents=True)
+    monkeypatch.setattr(staging, "remove_stale_staging", lambda folder: [])
+    monkeypatch.setattr(staging, "remove_tree", lambda path: PermissionError(errno.EACCES, "denied", str(path)))
+    with pytest.raises(PermissionError), caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        staging.Staging.create(final)
+    assert f"could not remove {claim}" in caplog.text and (claim / "media").is_dir()
+
+
+def test_a_fresh_claim_that_cannot_be_locked_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner's folder could be locked (shared), the claim cannot (exclusively): an error, nothing left."""
+    real_flock = staging.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & staging.fcntl.LOCK_EX:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(staging.fcntl, "flock", flock)
+    with pytest.raises(OSError, match="Input/output error"):
+        staging.Staging.create(tmp_path / "did" / "2025-06-01_12-00-00")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_claim_lost_to_every_race_is_a_clash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken for stale and removed each time it is made: after a few tries, another export is there."""
+
+    def lost(path: Path) -> int | None:
+        path.rmdir()
+        raise FileNotFoundError(errno.ENOENT, "removed", str(path))
+
+    monkeypatch.setattr(staging, "_lock", lost)
+    with pytest.raises(staging.ExportClash):
+        staging.Staging.create(tmp_path / "did" / "2025-06-01_12-00-00")
+    assert list(tmp_path.iterdir()) == []
+
+
 CLAIM = r"""
 import sys, time
 from pathlib import Path

@@ -405,6 +405,16 @@ def test_cleanup_of_a_folder_that_is_gone_or_emptied_meanwhile(tmp_path: Path, m
     assert staging.remove_stale_staging(tmp_path) == [stale] and not stale.exists()
 
 
+def test_an_empty_stale_claim_goes_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was lost (its export was killed before it wrote anything, or it is a claim another export has
+    only just made, which then makes it again): removed, not reported as a dead export's."""
+    empty = tmp_path / stale_name(0)
+    empty.mkdir()
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        assert staging.remove_stale_staging(tmp_path) == [empty] and not empty.exists()
+    assert caplog.text == ""
+
+
 def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ctypes
 
@@ -416,6 +426,38 @@ def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="Input/output error") as info:
         staging.sync_tree(tmp_path)
     assert info.value.filename == str(tmp_path)
+
+
+def test_without_syncfs_every_file_and_folder_is_synced_and_a_folder_that_cannot_be_listed_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "media").mkdir()
+    for name in ("posts.json", "media/a.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(staging, "_syncfs", None)
+    monkeypatch.setattr(os, "fsync", fsync)
+    staging.sync_tree(tmp_path)
+    assert sorted(synced) == sorted(str(tmp_path / name) for name in ("", "media", "posts.json", "media/a.jpg"))
+    with pytest.raises(FileNotFoundError):
+        staging.sync_tree(tmp_path / "gone")
+
+
+def test_a_directory_sync_that_fails_for_another_reason_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        staging.fsync_directory(tmp_path)
 
 
 def test_without_renameat2_an_existing_target_is_still_never_replaced(
