@@ -1,21 +1,32 @@
 """Staging: the export is written beside its final place, then renamed into it.
 
-- The staging directory is ``<exports>/<did>/.<name>.staging-<16 hex digits>``:
-  hidden, on the same filesystem as the final directory, named at random.
-- **Ownership is a lock, not a PID.** The export that creates a staging
-  directory holds an exclusive ``flock`` on it for its whole life; the kernel
-  drops the lock when that process ends, however it ends. So "stale" means
-  "nobody holds its lock", which stays true across PID namespaces (containers
-  sharing an exports volume) and PID reuse, where a PID says nothing. On a
-  filesystem without locks the export goes on unlocked (and says so): nobody
-  can take its directory for stale there, since cleanup skips what it cannot lock.
-- Publishing renames the staging directory to the final name with
-  ``renameat2(RENAME_NOREPLACE)``: an existing export directory, even an empty
-  one, is never replaced. Whether the rename happened is then read from the
-  disk (the final name is our directory, or not), not assumed.
-- On failure or interrupt before publishing, the staging directory is removed,
-  and only what was really removed is reported as removed. ``with Staging.create(final) as staging``
-  does that by itself: on the way out it releases a published directory and removes any other.
+- **The staging directory is the claim of the final name.** It is ``<exports>/<did>/.<name>.staging-export``,
+  named after the final directory ``<name>``, so that two exports of one DID started in the same second
+  (whose final directories have one name) meet at once: ``mkdir`` lets exactly one make it, in any process
+  or container sharing the volume, and the other stops before any work (:class:`ExportClash`), instead of
+  failing at the end. The final name is checked once the claim is held: an export that already published
+  there has given its claim up by renaming it.
+- **Ownership is a lock, not a PID.** The export that makes a staging directory holds an exclusive ``flock``
+  on it for its whole life; the kernel drops the lock when that process ends, however it ends. So "stale"
+  means "nobody holds its lock", which stays true across PID namespaces (containers sharing an exports
+  volume) and PID reuse, where a PID says nothing. A stale one is removed by the next export into the folder
+  (its claim taken over, if it has the same name), and only while that export holds its lock.
+- **Where no lock can be taken** (a filesystem without locks, a sandbox that refuses ``flock``) the export
+  goes on unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an
+  export that can lock there (another container) must not take it for stale, and skips it, as it skips what
+  it cannot lock. The bit is cleared once the export is in place.
+- Publishing renames the staging directory to the final name with ``renameat2(RENAME_NOREPLACE)``: an
+  existing export directory, even an empty one, is never replaced. Where that call is missing or refused,
+  a check, then a rename: safe, since no other export can publish under a name whose claim this one holds.
+  Whether the rename happened is then read from the disk (the final name is our directory, or not).
+- **A refused system call is not a failed export** (seccomp profiles, gVisor): ``syncfs`` refused is an
+  fsync of each file and directory, ``renameat2`` the check and rename above, ``flock`` an export without a
+  lock, an ``fsync`` of a directory a warning. Each is said once per export: at INFO where only speed is
+  lost, as a WARNING where a guarantee is.
+- On failure or interrupt before publishing, the staging directory is removed, and the owner's folder too if
+  this export made it and it is empty; only what was really removed is reported as removed.
+  ``with Staging.create(final) as staging`` does that by itself: on the way out it releases a published
+  directory and removes any other.
 """
 
 from __future__ import annotations
@@ -26,8 +37,8 @@ import fcntl
 import logging
 import os
 import re
-import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -37,12 +48,36 @@ from .host import SkyarchiveError, UsageError
 
 log = logging.getLogger("export_batching_plugin")
 
-_STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-[0-9a-f]{16}$")
+#: A staging directory: this release's (the claim of ``<name>``), or an earlier release's (named at random).
+_STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-(export|[0-9a-f]{16})$")
 _AT_FDCWD = -100
-#: What ``flock`` fails with on a filesystem that does not do locks (an NFS mount without a lock manager,
-#: some FUSE and SMB mounts). EOPNOTSUPP is ENOTSUP on Linux.
-_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 _RENAME_NOREPLACE = 1
+#: What a sandbox's filter (a seccomp profile, gVisor) answers for a system call it refuses.
+_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
+#: What ``flock`` fails with where no lock can be taken: a filesystem without locks (an NFS mount without a
+#: lock manager, some FUSE and SMB mounts; EOPNOTSUPP is ENOTSUP on Linux), or a sandbox refusing the call.
+_NO_LOCKS = _REFUSED | {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: What ``fsync`` of a directory fails with where it is refused, or where the filesystem does not do it.
+_NO_DIRECTORY_SYNC = _REFUSED | {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+#: The mark of a staging directory whose export cannot lock it (see the module's docstring).
+_UNLOCKED = stat.S_ISVTX
+#: Claims given up to a racing export (it removed ours as stale between our mkdir and our lock) before
+#: this one gives up itself; each race takes microseconds.
+_CLAIM_ATTEMPTS = 10
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class ExportClash(SkyarchiveError):
+    """Another export of this DID started in the same second: the final directory ``final`` is there
+    (``exists``), or another export is writing it. Raised before any work is done."""
+
+    def __init__(self, final: Path, *, exists: bool) -> None:
+        self.final, self.exists = final, exists
+        if exists:
+            what = f"export directory already exists: {final} (another export of this DID started in the same second)"
+        else:
+            what = f"another export of this DID started in the same second and is writing {final}"
+        super().__init__(f"{what}; run this one again")
 
 
 def check_folder_name(did: str) -> None:
@@ -67,26 +102,44 @@ _renameat2 = _libc_function("renameat2")
 def _lock(path: Path) -> int | None:
     """An fd of the directory ``path`` holding its exclusive lock, or None if another process holds it.
 
-    Raises OSError when ``path`` is not there, or is not a directory (a symlink, say).
+    Raises FileNotFoundError when ``path`` is gone, or was replaced while it was being locked; OSError when
+    it is not a directory (a symlink, say) or cannot be locked.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd = os.open(path, _DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        here, mine = os.lstat(path), os.fstat(fd)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            raise FileNotFoundError(errno.ENOENT, "replaced while it was being locked", str(path))
     except BlockingIOError:
         os.close(fd)
         return None
     except BaseException:
         os.close(fd)
         raise
-    try:
-        here = os.lstat(path)
-    except OSError:
-        here = None
-    mine = os.fstat(fd)
-    if here is None or (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):  # removed or replaced meanwhile
-        os.close(fd)
-        return None
     return fd
+
+
+def _can_lock(folder: Path) -> bool:
+    """Whether an export can lock its staging directory in ``folder``; where not, say once what that costs."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped with the fd
+    except BlockingIOError:  # pragma: no cover - no export locks an owner's folder: locks work there
+        pass
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+        log.warning(
+            "export_batching: no file locks in %s (flock: %s); exporting without one. Staging folders left"
+            " there by exports that did not finish (.*.staging-*) are not removed automatically: remove them"
+            " by hand while no export runs.",
+            folder, exc.strerror,
+        )  # fmt: skip
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def remove_tree(path: Path) -> OSError | None:
@@ -101,6 +154,25 @@ def remove_tree(path: Path) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def _remove_stale(path: Path, fd: int) -> OSError | None:
+    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it
+    (marked: nobody can tell whether it still runs); the error that stopped it, or None once it is gone.
+
+    An empty one goes silently: nothing was lost (its export had not begun, or was killed right away).
+    """
+    if os.fstat(fd).st_mode & _UNLOCKED:
+        return FileExistsError(errno.EEXIST, "made by an export that could not lock it", str(path))
+    with suppress(OSError):
+        os.rmdir(path)
+        return None
+    error = remove_tree(path)
+    if error is None:
+        log.warning("export_batching: removed %s, left by an export that did not finish", path)
+    else:
+        log.warning("export_batching: could not remove %s, left by an export that did not finish: %s", path, error)
+    return error
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
@@ -126,29 +198,37 @@ def remove_stale_staging(folder: Path) -> list[Path]:
         if fd is None:
             continue  # a running export's
         try:
-            error = remove_tree(path)
+            if _remove_stale(path, fd) is None:
+                removed.append(path)
         finally:
             os.close(fd)
-        if error is None:
-            log.warning("export_batching: removed %s, left by an export that did not finish", path)
-            removed.append(path)
-        else:
-            log.warning("export_batching: could not remove %s, left by an export that did not finish: %s", path, error)
     return removed
 
 
 def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists."""
+    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
+
+    Where ``renameat2`` is missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused
+    (a sandbox): check, then rename, said once. A rename onto an empty directory would replace it, so this is
+    safe only while nothing else can make ``target``: :class:`Staging` holds the claim of its name.
+    """
+    refused = None
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
             return
         code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL):
+        if code not in _REFUSED | {errno.EINVAL}:
             raise OSError(code, os.strerror(code), str(target))
-    # No renameat2 here: check, then rename (a rename onto an existing empty directory would succeed).
+        refused = os.strerror(code)
     if os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)
+    if refused is not None:
+        log.info(
+            "export_batching: renameat2 is refused here (%s); the export was put in place by a check, then a"
+            " rename (safe: no other export can take a name whose claim it holds)",
+            refused,
+        )
 
 
 def sync_tree(root: Path) -> None:
@@ -156,42 +236,84 @@ def sync_tree(root: Path) -> None:
 
     Linux: one ``syncfs`` of the filesystem that holds ``root`` (it also flushes other files there; on a
     filesystem with little else being written that costs nothing, and it commits the journal once instead
-    of once per file). Elsewhere: an ``fsync`` of each file and directory.
+    of once per file). Where it is refused (a sandbox: EPERM, EACCES, ENOSYS), and elsewhere: an ``fsync``
+    of each file and directory, said once at INFO (only speed is lost). A directory's fsync that is refused
+    is left out here: :func:`fsync_directory` of the export's folder says so.
     """
+    refused = None
     if _syncfs is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code), str(root))
+            failed, code = _syncfs(fd) != 0, ctypes.get_errno()
         finally:
             os.close(fd)
-        return
-    for folder, _dirs, files in os.walk(root):  # pragma: no cover - no syncfs: not Linux
+        if not failed:
+            return
+        if code not in _REFUSED:
+            raise OSError(code, os.strerror(code), str(root))
+        refused = os.strerror(code)
+    for folder, _dirs, files in os.walk(root, onerror=_raise):
         for name in files:
             fd = os.open(os.path.join(folder, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fsync_directory(Path(folder))
+        _fsync_directory(Path(folder))
+    if refused is not None:
+        log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def fsync_directory(path: Path) -> None:
+    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the
+    names are not known to be on disk) rather than fail."""
+    refused = _fsync_directory(path)
+    if refused is not None:
+        log.warning(
+            "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if the"
+            " system stops before it writes them",
+            refused.strerror, path,
+        )  # fmt: skip
+
+
+def _fsync_directory(path: Path) -> OSError | None:
+    """fsync the directory ``path``; the error if that is refused, None if done."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_DIRECTORY_SYNC:
+            raise
+        return exc
     finally:
         os.close(fd)
+    return None
+
+
+def _make_folder(folder: Path) -> bool:
+    """Make the owner's folder ``folder`` (and the exports folder) where missing; whether this made ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    return True
 
 
 class Staging:
     """The staging directory of one export, locked by it from creation until it is published or removed."""
 
-    def __init__(self, path: Path, final: Path, fd: int) -> None:
+    def __init__(self, path: Path, final: Path, fd: int, *, made_folder: bool = False) -> None:
         self.path, self.final = path, final
         self._fd: int | None = fd
-        self._inode = os.fstat(fd).st_ino
+        mode = os.fstat(fd)
+        self._inode, self._marked = mode.st_ino, bool(mode.st_mode & _UNLOCKED)
+        #: Whether this export made the owner's folder (the staging directory's parent): removed if left empty.
+        self.made_folder = made_folder
         #: Why the staging directory could not be removed after a failure (None: it was, or it was published).
         self.removal_error: OSError | None = None
 
@@ -210,43 +332,70 @@ class Staging:
 
     @classmethod
     def create(cls, final: Path) -> Staging:
-        """Remove stale staging beside ``final``, then create and lock a fresh staging directory."""
-        parent = final.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(parent)
-        if os.path.lexists(final):
-            raise SkyarchiveError(f"export directory already exists: {final}")
-        while True:
-            path = parent / f".{final.name}.staging-{secrets.token_hex(8)}"
-            path.mkdir()  # FileExistsError on a planted name: stop, do not write through it
-            try:
-                fd = _lock(path)
-            except FileNotFoundError:
-                fd = None
-            except OSError as exc:
-                if exc.errno not in _NO_LOCKS:
-                    with suppress(OSError):
-                        path.rmdir()
-                    raise
-                fd = cls._unlocked(path, exc)
-            if fd is not None:
-                return cls(path, final, fd)
-            # Between our mkdir and our lock, another export took it for stale and removed it: a new name.
+        """Claim ``final``'s name: remove stale staging beside it, then make and lock its staging directory.
+
+        Raises :class:`ExportClash` if ``final`` exists or another export holds the claim; FileExistsError if
+        something else (a symlink, a file) sits at the staging name: it is never written through.
+        """
+        parent, path = final.parent, final.parent / f".{final.name}.staging-export"
+        made = _make_folder(parent)
+        try:
+            locking = _can_lock(parent)
+            if locking:
+                remove_stale_staging(parent)
+            for _ in range(_CLAIM_ATTEMPTS):
+                try:
+                    fd = cls._claim(path, final, locking)
+                except FileNotFoundError:  # the claim, or the owner's folder, removed meanwhile by another export
+                    made = _make_folder(parent) or made
+                    continue
+                if fd is not None:
+                    return cls(path, final, fd, made_folder=made)
+            raise ExportClash(final, exists=False)
+        except BaseException:
+            if made:
+                _remove_if_empty(parent)
+            raise
 
     @staticmethod
-    def _unlocked(path: Path, why: OSError) -> int:
-        """On a filesystem without locks: go on without one, and say what that means.
-
-        Nobody can take such a directory for stale (cleanup skips what it cannot lock), so the export is
-        as safe as with a lock; only a staging directory left by an export that was killed stays.
-        """
-        log.warning(
-            "export_batching: %s does not support file locks (%s); exporting without one. Staging folders"
-            " left there by exports that did not finish (.*.staging-*) are not removed automatically: remove"
-            " them by hand while no export runs.",
-            path.parent, why.strerror,
-        )  # fmt: skip
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    def _claim(path: Path, final: Path, locking: bool) -> int | None:
+        """Make ``path`` and take it: its fd (locked, where ``locking``), or None to look again (a stale one was
+        removed, or another export locked ours before we did). ExportClash if another export holds it."""
+        try:
+            os.mkdir(path, 0o777 if locking else 0o777 | _UNLOCKED)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise  # planted: never followed, never removed
+            if not locking:
+                raise ExportClash(final, exists=False) from None  # nobody can tell whether it runs
+            held = _lock(path)
+            if held is None:
+                raise ExportClash(final, exists=False) from None
+            try:
+                error = _remove_stale(path, held)
+            finally:
+                os.close(held)
+            if isinstance(error, FileExistsError):  # marked: its export runs without a lock, perhaps still
+                raise ExportClash(final, exists=False) from None
+            if error is not None:
+                raise error from None
+            return None
+        try:
+            fd = _lock(path) if locking else os.open(path, _DIRECTORY)
+        except FileNotFoundError:
+            raise  # gone: what is at its name now may be another export's claim, never to be removed
+        except BaseException:
+            with suppress(OSError):
+                os.rmdir(path)
+            raise
+        if fd is None:  # locked between our mkdir and our lock: by a claimer, or by cleanup about to remove it
+            return None  # look again
+        if os.path.lexists(final):  # published by an export that had the claim before
+            with suppress(OSError):
+                os.rmdir(path)  # while it is still ours
+            os.close(fd)
+            raise ExportClash(final, exists=True)
+        return fd
 
     def published(self) -> bool:
         """Whether the final name is this staging directory now (it was renamed into place)."""
@@ -261,11 +410,17 @@ class Staging:
             rename_noreplace(self.path, self.final)
         except FileExistsError:
             raise SkyarchiveError(f"export directory already exists: {self.final}") from None
+        if self._marked and self._fd is not None:  # in place: the mark has done its work
+            with suppress(OSError):
+                os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) & ~_UNLOCKED)
 
     def remove(self) -> OSError | None:
-        """Remove the staging directory (after a failure); the error that stopped it, or None."""
+        """Remove the staging directory (after a failure), and the owner's folder if this export made it and it
+        is left empty; the error that stopped it, or None."""
         error = remove_tree(self.path)
         self.release()
+        if self.made_folder:
+            _remove_if_empty(self.path.parent)
         return error
 
     def release(self) -> None:
@@ -273,3 +428,8 @@ class Staging:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):  # not empty (another export's, an earlier export), or gone: left as it is
+        os.rmdir(folder)

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -34,7 +35,9 @@ FOLDER = DEFAULT_DID.replace(":", "_")
 LOCK_AND_WAIT = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"  # noqa: E501
 
 
-def stale_name(second: int, token: str) -> str:
+def stale_name(second: int, token: str = "export") -> str:
+    """A staging directory's name: this release's (``export``: the claim of its final name), or an earlier
+    release's (16 hex digits, at random), which cleanup removes too."""
     return f".2025-01-01_00-00-{second:02d}.staging-{token}"
 
 
@@ -47,7 +50,10 @@ def test_only_unlocked_staging_directories_are_removed(tmp_path: Path, caplog: p
     stale = folder / stale_name(0, "0" * 16)
     (stale / "media").mkdir(parents=True)
     (stale / "posts.json").write_text("[\n", encoding="utf-8")
-    live = folder / stale_name(1, "1" * 16)
+    claim = folder / stale_name(5)  # this release's: the claim of a final name, stale
+    claim.mkdir()
+    (claim / "posts.json").write_text("[\n", encoding="utf-8")
+    live = folder / stale_name(1)
     live.mkdir()
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "file").write_text("keep", encoding="utf-8")
@@ -62,11 +68,11 @@ def test_only_unlocked_staging_directories_are_removed(tmp_path: Path, caplog: p
         with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
             second = export(engine, tmp_path, settings=SETTINGS, folder="shared")
         assert second.error is None and second.result is not None
-        assert not stale.exists()
+        assert not stale.exists() and not claim.exists()
         assert live.is_dir() and link.is_symlink() and all(path.is_dir() for path in odd)
         assert (tmp_path / "keep" / "file").read_text(encoding="utf-8") == "keep"
         assert first.result.export_dir.is_dir()
-        assert caplog.text.count("removed ") == 1 and f"removed {stale}," in caplog.text
+        assert caplog.text.count("removed ") == 2 and f"removed {stale}," in caplog.text
     finally:
         holder.kill()
         holder.wait()
@@ -312,9 +318,10 @@ def test_an_exports_folder_without_locks_still_exports(
         plugin = export(engine, tmp_path, settings=SETTINGS, folder="shared")
     assert plugin.error is None and plugin.result is not None
     assert plugin.posts_bytes == host.posts_bytes and plugin.posts_bytes is not None
-    assert caplog.text.count("does not support file locks") == 1 and f"removed {left}" not in caplog.text
+    assert caplog.text.count("no file locks in") == 1 and f"removed {left}" not in caplog.text
     assert left.is_dir(), "a staging folder nobody can lock may be a running export's"
     assert sorted(p.name for p in folder.iterdir()) == sorted([left.name, plugin.result.export_dir.name])
+    assert not plugin.result.export_dir.stat().st_mode & stat.S_ISVTX, "the unlocked export's mark is cleared"
     engine.dispose()
 
 
@@ -330,7 +337,7 @@ def test_a_lock_that_fails_for_another_reason_fails_the_export_and_leaves_nothin
     monkeypatch.setattr(staging.fcntl, "flock", broken)
     outcome = export(engine, tmp_path, settings=SETTINGS, folder="shared")
     assert outcome.error is not None and "Input/output error" in str(outcome.error)
-    assert [p.name for p in (tmp_path / "shared").rglob("*")] == ["did_plc_owner"]
+    assert list((tmp_path / "shared").rglob("*")) == [], "not even the owner's folder it made"
     engine.dispose()
 
 
@@ -353,22 +360,32 @@ def test_a_directory_removed_or_replaced_while_it_is_locked_is_not_taken(
     assert (tmp_path / "moved").is_dir() and stale.is_dir() == (race == "replaced")
 
 
-def test_a_staging_directory_taken_away_before_it_was_locked_gets_a_new_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("race", ["removed before our lock", "locked by the cleanup as we lock"])
+def test_a_claim_taken_away_before_it_was_locked_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: str
 ) -> None:
-    """Between mkdir and lock another export may take a fresh staging directory for stale: start again."""
-    names = iter(["a" * 16, "b" * 16])
-    monkeypatch.setattr(staging.secrets, "token_hex", lambda n: next(names))
+    """Between mkdir and lock the cleanup of another export (of another second) may take a fresh claim for stale,
+    lock it and remove it: not a clash; make it again."""
     real_lock = staging._lock
+    taken: list[Path] = []
 
     def lock(path: Path) -> int | None:
-        if path.name.endswith("a" * 16):
-            path.rmdir()  # the other export removed it
-        return real_lock(path)
+        if taken:
+            return real_lock(path)
+        taken.append(path)
+        if race == "removed before our lock":
+            path.rmdir()
+            return real_lock(path)
+        cleanup = real_lock(path)  # the other export's lock
+        try:
+            return real_lock(path)  # ours: held
+        finally:
+            path.rmdir()
+            os.close(cleanup or -1)
 
     monkeypatch.setattr(staging, "_lock", lock)
     made = staging.Staging.create(tmp_path / "did" / "2025-01-01_00-00-00")
-    assert made.path.name == ".2025-01-01_00-00-00.staging-" + "b" * 16 and made.path.is_dir()
+    assert taken == [made.path] and made.path.name == ".2025-01-01_00-00-00.staging-export" and made.path.is_dir()
     assert sorted(p.name for p in made.path.parent.iterdir()) == [made.path.name]
     made.release()
 
@@ -377,6 +394,7 @@ def test_cleanup_of_a_folder_that_is_gone_or_emptied_meanwhile(tmp_path: Path, m
     assert staging.remove_stale_staging(tmp_path / "missing") == []
     stale = tmp_path / stale_name(0, "0" * 16)
     stale.mkdir()
+    (stale / "posts.json").write_text("[\n", encoding="utf-8")
     real_rmtree = staging.shutil.rmtree
 
     def another_got_there_first(path: Any, *args: Any, **kwargs: Any) -> None:
@@ -385,6 +403,16 @@ def test_cleanup_of_a_folder_that_is_gone_or_emptied_meanwhile(tmp_path: Path, m
 
     monkeypatch.setattr(staging.shutil, "rmtree", another_got_there_first)
     assert staging.remove_stale_staging(tmp_path) == [stale] and not stale.exists()
+
+
+def test_an_empty_stale_claim_goes_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was lost (its export was killed before it wrote anything, or it is a claim another export has
+    only just made, which then makes it again): removed, not reported as a dead export's."""
+    empty = tmp_path / stale_name(0)
+    empty.mkdir()
+    with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
+        assert staging.remove_stale_staging(tmp_path) == [empty] and not empty.exists()
+    assert caplog.text == ""
 
 
 def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,6 +426,38 @@ def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="Input/output error") as info:
         staging.sync_tree(tmp_path)
     assert info.value.filename == str(tmp_path)
+
+
+def test_without_syncfs_every_file_and_folder_is_synced_and_a_folder_that_cannot_be_listed_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "media").mkdir()
+    for name in ("posts.json", "media/a.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(staging, "_syncfs", None)
+    monkeypatch.setattr(os, "fsync", fsync)
+    staging.sync_tree(tmp_path)
+    assert sorted(synced) == sorted(str(tmp_path / name) for name in ("", "media", "posts.json", "media/a.jpg"))
+    with pytest.raises(FileNotFoundError):
+        staging.sync_tree(tmp_path / "gone")
+
+
+def test_a_directory_sync_that_fails_for_another_reason_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        staging.fsync_directory(tmp_path)
 
 
 def test_without_renameat2_an_existing_target_is_still_never_replaced(
