@@ -162,6 +162,7 @@ class Copy:
         if self._conn is None:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode = OFF")
+            self._conn.execute("PRAGMA synchronous = OFF")  # a scratch file: never synced
         return self._conn
 
     def sort(self) -> int:
