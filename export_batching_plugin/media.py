@@ -11,9 +11,9 @@ a slow disk.
 Where no thread can be started (a container's task limit), the rows are copied one after another on the
 export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as skyarchive alone copies them.
 
-Each file is copied with the host's own ``copy_media_file`` (same names,
-same refusal of paths outside ``media_dir``, same skips of missing files and
-repeated names). The copies are made durable by the export's final sync
+Each file is made by :func:`copy_media_file`: skyarchive's own rules (same names, same refusal of paths
+outside ``media_dir``, same skips of missing files and repeated names, same warnings), but the file is
+cloned where the filesystem shares blocks (:mod:`.reuse`). The files are made durable by the export's final sync
 (:func:`.staging.sync_tree`, one ``syncfs``, cheaper than asking the kernel to
 start writing each file as it is copied: docs/benchmarks.md, "Measurements behind the design"). The host copies
 rows in order and the first row of a file name wins; rows are routed to
@@ -41,7 +41,8 @@ from types import TracebackType
 from typing import IO, Any
 
 from . import host
-from .checksums import stream_digest
+from .checksums import file_digest
+from .reuse import clone_or_copy
 from .threads import Helper, start_thread
 
 #: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
@@ -227,16 +228,47 @@ class MediaCopier:
     def _copy(self, number: int, row: Any, sums: IO[bytes] | None) -> None:
         name = os.path.basename(row.file_path or "")
         try:
-            copied = host.copy_media_file(row, self._root, self.dest)
-            if copied and sums is not None:  # read back from the page cache: the host's function did the copy
-                with open(self.dest / name, "rb") as copy:
-                    pickle.dump((number, stream_digest(copy), name), sums)
+            made = copy_media_file(row, self._root, self.dest)
+            if made and sums is not None:  # read back, from the page cache as a rule
+                pickle.dump((number, file_digest(self.dest / name), name), sums)
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)
             raise
         with self._lock:
-            if copied:
+            if made:
                 self.copied += 1
             else:
                 self.skipped += 1
+
+
+def copy_media_file(media: Any, media_root: Path, dest_dir: Path) -> bool:
+    """skyarchive's ``copy_media_file``, rule for rule and warning for warning, but the file is cloned where it
+    can be, else copied; False (with a warning) when skipped, as skyarchive skips it."""
+    rel = media.file_path or ""
+    name = os.path.basename(rel)
+    if not rel or os.path.isabs(rel) or name in ("", ".", ".."):
+        log.warning("media %s: refused path %r (not inside media_dir)", media.hash, rel)
+        return False
+    source = (media_root / rel).resolve()
+    if source != media_root and media_root not in source.parents:
+        log.warning("media %s: refused path %r (leads outside media_dir)", media.hash, rel)
+        return False
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        log.warning("media %s: cannot read %s (%s)", media.hash, source, exc.strerror or exc)
+        return False
+    with src:
+        try:
+            fd = os.open(dest_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            log.warning(
+                "media %s: skipped, %s/%s was already copied for another row", media.hash, host.MEDIA_DIR_NAME, name
+            )
+            return False
+        try:
+            clone_or_copy(src.fileno(), fd)
+        finally:
+            os.close(fd)
+    return True

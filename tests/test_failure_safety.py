@@ -27,7 +27,7 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 from sqlalchemy.exc import OperationalError
 
-from export_batching_plugin import batched, host, output, reading, staging, writing
+from export_batching_plugin import batched, media, output, reading, staging, writing
 
 from .conftest import plugin_toml
 from .harness import archive_with_media, export, make_engine, plugin_manager, post_row, status_lines
@@ -101,7 +101,7 @@ OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[...
     "fetch posts": (reading, "open_stream", connection_lost, faulty_stream, rf"{READ_BATCH} failed: {LOST}"),
     "write posts": (writing.JsonWriter, "write_batch", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected"),
     "finish posts": (writing.JsonWriter, "end", enospc, same, r"finishing posts\.json failed: disk full: injected"),
-    "copy media": (host, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected"),
+    "copy media": (media, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected"),
     "write manifest": (batched, "write_manifest", enospc, same, r"writing manifest\.json failed: disk full: injected"),
     "sync posts": (os, "fsync", enospc, same, r"finishing posts\.json failed: disk full: injected"),
     "sync to disk": (batched, "sync_tree", enospc, same, r"syncing to disk failed: disk full: injected"),
@@ -423,10 +423,10 @@ def test_a_media_copy_that_fails_mid_write_names_the_copy(
     """A write to an open file does not say which file: the error still names the copy, as the user will see it."""
     engine, media_dir = media_archive
 
-    def full_while_writing(media: Any, media_root: Path, dest_dir: Path) -> bool:
+    def full_while_writing(*args: Any) -> bool:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(host, "copy_media_file", functools.wraps(host.copy_media_file)(full_while_writing))
+    monkeypatch.setattr(media, "copy_media_file", functools.wraps(media.copy_media_file)(full_while_writing))
     outcome = export(engine, tmp_path, settings=SETTINGS, media=True, media_dir=media_dir)
     assert outcome.job is not None
     message = str(outcome.error)
