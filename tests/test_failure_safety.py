@@ -423,7 +423,7 @@ def test_a_media_copy_that_fails_mid_write_names_the_copy(
     """A write to an open file does not say which file: the error still names the copy, as the user will see it."""
     engine, media_dir = media_archive
 
-    def full_while_writing(*args: Any) -> bool:
+    def full_while_writing(*args: Any) -> tuple[bool, str | None]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(media, "copy_media_file", functools.wraps(media.copy_media_file)(full_while_writing))

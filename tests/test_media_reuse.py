@@ -1,14 +1,18 @@
-"""Media that cost only what changed: clones where the filesystem shares blocks.
+"""Media that cost only what changed: clones where the filesystem shares blocks, links to the previous export.
 
 The plugin makes each media file itself (``media.copy_media_file``): it must keep skyarchive's rules exactly
-(a differential test against the host's own ``copy_media_file``) and clone or copy with a fallback for every
-refusal. The filesystem tests (XFS and btrfs on loop devices) need root and the tools; outside CI they are
-skipped without them, under ``CI=true`` they fail.
+(a differential test against the host's own ``copy_media_file``), clone or copy with a fallback for every
+refusal, and, with ``link_unchanged_media``, link only what is unchanged from an earlier export that is
+complete, never touching it. The filesystem tests (XFS and btrfs on loop devices, tmpfs) need root and the
+tools; outside CI they are skipped without them, under ``CI=true`` they fail.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
+import itertools
 import logging
 import os
 import random
@@ -27,11 +31,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export_batching_plugin import media, reuse
-from export_batching_plugin.reuse import clone_or_copy
+from export_batching_plugin.batched import ExportFailed
+from export_batching_plugin.reuse import Earlier, clone_or_copy
 
+from . import harness
 from .conftest import ArchiveFolder
-from .harness import archive_with_media, export, insert_rows, make_engine, media_row, post_row
+from .harness import Outcome, archive_with_media, export, insert_rows, make_engine, media_row, post_row
 
+LINKS = {"threshold": 0, "link_unchanged_media": True, "checksums": True}
 LONG_AGO = 1_500_000_000  # 2017: the archive's files were written long before any export (2025 in the harness)
 
 
@@ -58,10 +65,38 @@ def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
+def snapshot(root: Path, *, nlink: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Every path under ``root`` as a reader sees it: type and mode, owner, size, mtime, inode and contents, and
+    with ``nlink`` the link count.
+
+    Not st_ctime: a link to a file (and its removal) changes it, as it changes st_nlink. Not st_atime: a read
+    may set it (the export reads the manifest and SHA256SUMS).
+    """
+    found: dict[str, tuple[Any, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        s = os.lstat(path)
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        found[str(path.relative_to(root))] = (s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ino,
+                                              content, s.st_nlink if nlink else None)  # fmt: skip
+    return found
+
+
 def verify(export_dir: Path) -> None:
     """``sha256sum -c`` passes in ``export_dir``."""
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=export_dir, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def media_lines(export_dir: Path) -> list[bytes]:
+    return [line for line in (export_dir / "SHA256SUMS").read_bytes().splitlines() if b" media/" in line]
+
+
+def inodes(export_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in (export_dir / "media").iterdir()}
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".staging-" in p.name]
 
 
 # -- the plugin's own copy is skyarchive's, rule for rule ------------------------------------------------------
@@ -72,6 +107,10 @@ PATHS = [
     "back\\slash.jpg", "new\nline.jpg", "missing.jpg", "dangling.jpg", "sub", "a.jpg/x", "", ".", "sub/..",
     "../outside/secret.jpg", "/etc/hostname", "escape.jpg", "dirlink/secret.jpg",
 ]  # fmt: skip
+
+
+#: The files an earlier export copied (all of them unchanged since).
+EARLIER = ("a.jpg", "big.bin", "new\nline.jpg", "empty.jpg", "inlink.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +163,31 @@ def contents(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(picks=st.lists(st.integers(0, len(PATHS) - 1), max_size=30))
-def test_the_plugins_copy_is_skyarchives(media_pool: Path, picks: list[int]) -> None:
+@given(picks=st.lists(st.integers(0, len(PATHS) - 1), max_size=30), link=st.booleans())
+def test_the_plugins_copy_is_skyarchives(media_pool: Path, picks: list[int], link: bool) -> None:
     """Any rows, in any order: the same files made (bytes and modes), the same skips, the same warnings, word for
-    word, as skyarchive's ``copy_media_file``."""
+    word, as skyarchive's ``copy_media_file``; also when unchanged files are linked from an earlier export."""
     rows = [SimpleNamespace(hash=f"h{n}", file_path=PATHS[pick]) for n, pick in enumerate(picks)]
     with tempfile.TemporaryDirectory() as scratch:
-        host_dest, plugin_dest = Path(scratch, "host"), Path(scratch, "plugin")
-        for folder in (host_dest, plugin_dest):
+        did = Path(scratch, "did")
+        host_dest, plugin_dest = Path(scratch, "host"), did / ".now.staging-0" / "media"
+        earlier_media = did / "2025-06-01_00-00-00" / "media"
+        for folder in (host_dest, plugin_dest, earlier_media):
             folder.mkdir(parents=True)
+        earlier_media.parent.joinpath("manifest.json").write_text('{"exported_at": "2025-06-01T00:00:00.000Z"}')
+        for name in EARLIER:  # as an earlier export made them
+            skyarchive.export.copy_media_file(SimpleNamespace(hash="x", file_path=name), media_pool, earlier_media)
+        earlier = Earlier.find(plugin_dest, checksums=False) if link else None
+        assert (earlier is not None) == link
+
         expected = copy_rows(skyarchive.export.copy_media_file, rows, media_pool, host_dest)
-        got = copy_rows(media.copy_media_file, rows, media_pool, plugin_dest)
+        got = copy_rows(lambda row, root, dest: media.copy_media_file(row, root, dest, earlier), rows, media_pool,
+                        plugin_dest)  # fmt: skip
         assert got == expected
         assert contents(plugin_dest) == contents(host_dest)
+        linked = {p.name for p in plugin_dest.iterdir() if p.is_file() and p.stat().st_nlink > 1}
+        made = [row.file_path for row, copied in zip(rows, got[0], strict=True) if copied]
+        assert linked == ({os.path.basename(path) for path in made if path in EARLIER} if link else set())
         assert b"SECRET" not in b"".join(c for c, _ in contents(plugin_dest).values())
 
 
@@ -298,3 +349,285 @@ def test_media_are_cloned_on_a_copy_on_write_filesystem(archive_folder: ArchiveF
         assert sorted(os.listdir(copies)) == sorted(os.listdir(mount / "media" / "did"))
         for copy in copies.iterdir():
             assert copy.read_bytes() == (mount / "media" / "did" / copy.name).read_bytes(), copy.name
+
+
+# -- links to the previous export ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def media_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path]]:
+    """30 posts, 24 media files of 200 KB (names sha256sum must escape among them), written long ago. Each export
+    of the test begins a second after the one before (harness.export)."""
+    monkeypatch.setattr(harness, "_counter", itertools.count())
+    posts = [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(30)]
+    names = [f"m{n:02d}.jpg" for n in range(22)] + ["back\\slash.jpg", "new\nline.jpg"]
+    files = {name: (n, random.Random(n).randbytes(200_000)) for n, name in enumerate(names)}
+    engine, media_dir = archive_with_media(tmp_path, posts, files)
+    for path in media_dir.iterdir():
+        os.utime(path, (LONG_AGO, LONG_AGO))
+    yield engine, media_dir
+    engine.dispose()
+
+
+def export_into(folder: Path, engine: Any, media_dir: Path, **settings: Any) -> Outcome:
+    """One export with --media into the exports folder ``folder`` (all of them into the same DID folder)."""
+    return export(engine, folder.parent, settings={**LINKS, **settings}, media=True, media_dir=media_dir,
+                  folder=folder.name)  # fmt: skip
+
+
+def disk_use(*folders: Path) -> int:
+    """``du`` over ``folders`` together, in bytes: a file linked into several is counted once."""
+    out = subprocess.run(["du", "-s", "-c", "-B1", *map(str, folders)], capture_output=True, text=True, check=True)
+    return int(out.stdout.splitlines()[-1].split()[0])
+
+
+def test_a_repeat_export_links_every_unchanged_file(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
+    """The second export of an unchanged archive: every media file a link to the first's, its SHA256SUMS lines
+    the first's, both verify, the same files, and it adds at most 1% of the first's disk use; the first export is
+    untouched (but for its files' link counts and ctimes)."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None, first.error
+    before = snapshot(first.result.export_dir)
+    second = export_into(exports, engine, media_dir)
+    assert second.result is not None, second.error
+    assert snapshot(first.result.export_dir) == before
+    one, two = first.result.export_dir, second.result.export_dir
+    assert inodes(two) == inodes(one) and len(inodes(one)) == 24
+    assert media_lines(two) == media_lines(one) and len(media_lines(one)) == 24
+    assert [line[67:] for line in media_lines(two) if line.startswith(b"\\")] == [
+        b"media/back\\\\slash.jpg",
+        b"media/new\\nline.jpg",
+    ]  # escaped as sha256sum escapes them, and found again
+    assert subprocess.run(["diff", "-r", str(one / "media"), str(two / "media")]).returncode == 0
+    assert (two / "posts.json").read_bytes() == (one / "posts.json").read_bytes()
+    assert second.manifest is not None and first.manifest is not None
+    assert {k: v for k, v in second.manifest.items() if k != "exported_at"} == {
+        k: v for k, v in first.manifest.items() if k != "exported_at"
+    }
+    verify(one)
+    verify(two)
+    assert disk_use(one, two) - disk_use(one) <= 0.01 * disk_use(one)
+
+
+def test_a_changed_file_is_copied_and_the_earlier_export_keeps_the_old(
+    media_archive: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """A source rewritten in place (same size, new bytes, new mtime): the next export has the new bytes in a file
+    of its own, the earlier keeps the old; both verify. Unchanged files are still linked."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    old = (media_dir / "m05.jpg").read_bytes()
+    (media_dir / "m05.jpg").write_bytes(b"new!" * 50_000)  # same size, modified now (after 2025)
+    second = export_into(exports, engine, media_dir)
+    assert second.result is not None, second.error
+    one, two = first.result.export_dir, second.result.export_dir
+    assert (two / "media" / "m05.jpg").read_bytes() == b"new!" * 50_000
+    assert (one / "media" / "m05.jpg").read_bytes() == old
+    assert {n for n, i in inodes(two).items() if i != inodes(one)[n]} == {"m05.jpg"}
+    verify(one)
+    verify(two)
+
+
+def test_with_checksums_off_links_need_no_sums(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir, checksums=False)
+    second = export_into(exports, engine, media_dir, checksums=False)
+    assert first.result is not None and second.result is not None
+    assert inodes(second.result.export_dir) == inodes(first.result.export_dir)
+    assert not (second.result.export_dir / "SHA256SUMS").exists()
+
+
+def lock_staging(did_folder: Path, complete: Path) -> Callable[[], None]:
+    """A newer export still being written: a locked staging directory holding all of ``complete``."""
+    staging = did_folder / ".2099-01-01_00-00-00.staging-0123456789abcdef"
+    shutil.copytree(complete, staging)
+    manifest = staging / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"exported_at": "2025', '"exported_at": "2099'))
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lambda: os.close(fd)
+
+
+NEVER_LINKED = {
+    "being written (a locked staging directory)": lock_staging,
+    "no manifest.json yet (skyarchive's own exporter writing it)": lambda did, complete: shutil.copytree(
+        complete, did / "2099-01-01_00-00-00", ignore=shutil.ignore_patterns("manifest.json")
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NEVER_LINKED))
+def test_an_incomplete_newer_export_is_never_linked_from(
+    media_archive: tuple[Any, Path], tmp_path: Path, case: str
+) -> None:
+    """A newer export that is not complete is passed over: the files are linked from the newest complete one."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    did_folder = first.result.export_dir.parent
+    undo = NEVER_LINKED[case](did_folder, first.result.export_dir)
+    try:
+        second = export_into(exports, engine, media_dir)
+    finally:
+        if callable(undo):
+            undo()
+    assert second.result is not None, second.error
+    assert inodes(second.result.export_dir) == inodes(first.result.export_dir)
+    verify(second.result.export_dir)
+
+
+def test_a_file_without_a_sums_line_is_copied(media_archive: tuple[Any, Path], tmp_path: Path) -> None:
+    """With checksums, a file the earlier SHA256SUMS does not list is copied (and hashed); without any SHA256SUMS
+    there, every file is."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    one = first.result.export_dir
+    sums = one / "SHA256SUMS"
+    sums.write_bytes(b"".join(line + b"\n" for line in sums.read_bytes().splitlines() if b"m07.jpg" not in line))
+    second = export_into(exports, engine, media_dir)
+    assert second.result is not None
+    two = second.result.export_dir
+    assert {n for n, i in inodes(two).items() if i != inodes(one)[n]} == {"m07.jpg"}
+    verify(two)
+    os.unlink(two / "SHA256SUMS")  # the newest export now has none
+    third = export_into(exports, engine, media_dir)
+    assert third.result is not None
+    assert set(inodes(third.result.export_dir).values()).isdisjoint(inodes(two).values())
+    verify(third.result.export_dir)
+
+
+def test_an_earlier_file_that_would_differ_from_a_copy_is_not_linked(
+    media_archive: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """A file a link would make differ from a copy (made read-only since, or of another size) is copied: the new
+    export is what a copy would be; the earlier one is not touched."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir, checksums=False)
+    assert first.result is not None
+    one = first.result.export_dir
+    (one / "media" / "m01.jpg").chmod(0o444)
+    with open(one / "media" / "m02.jpg", "ab") as grown:
+        grown.write(b"!")
+    before = snapshot(one)
+    second = export_into(exports, engine, media_dir, checksums=False)
+    assert second.result is not None
+    two = second.result.export_dir
+    assert {n for n, i in inodes(two).items() if i != inodes(one)[n]} == {"m01.jpg", "m02.jpg"}
+    assert (two / "media" / "m01.jpg").stat().st_mode & 0o777 == (two / "media" / "m00.jpg").stat().st_mode & 0o777
+    assert (two / "media" / "m02.jpg").read_bytes() == (media_dir / "m02.jpg").read_bytes()
+    assert snapshot(one) == before
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EMLINK, errno.EPERM])
+def test_a_refused_link_is_a_copy(
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A link refused (another filesystem, too many links, protected_hardlinks): that file is copied."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+
+    def link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(reuse.os, "link", link)
+    second = export_into(exports, engine, media_dir)
+    assert second.result is not None, second.error
+    assert set(inodes(second.result.export_dir).values()).isdisjoint(inodes(first.result.export_dir).values())
+    assert media_lines(second.result.export_dir) == media_lines(first.result.export_dir)
+    verify(second.result.export_dir)
+
+
+@pytest.mark.slow
+def test_an_earlier_export_on_another_filesystem_is_copied_from(
+    media_archive: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """The earlier export on a tmpfs mounted in the DID folder: nothing can be linked across; every file is copied."""
+    require("mount")
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    moved = first.result.export_dir.with_name("2025-01-01_00-00-00")
+    with mounted(moved, "-t", "tmpfs", "-o", "size=64m", "tmpfs"):
+        shutil.copytree(first.result.export_dir, moved, dirs_exist_ok=True)
+        shutil.rmtree(first.result.export_dir)
+        before = snapshot(moved, nlink=True)
+        second = export_into(exports, engine, media_dir)
+        assert second.result is not None, second.error
+        assert all(p.stat().st_nlink == 1 for p in (second.result.export_dir / "media").iterdir())
+        assert media_lines(second.result.export_dir) == media_lines(moved)
+        verify(second.result.export_dir)
+        assert snapshot(moved, nlink=True) == before
+
+
+# -- failure: nothing left, the earlier export untouched -------------------------------------------------------
+
+
+def test_a_failure_after_some_links_leaves_nothing_and_the_earlier_export_as_it_was(
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full on the third copy, links already made: no staging directory left, and the earlier export as it
+    was, link counts included (the failed export's links are gone)."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    for n in range(12, 22, 2):  # changed since: copied
+        path = media_dir / f"m{n:02d}.jpg"
+        path.write_bytes(path.read_bytes()[::-1])
+    before = snapshot(first.result.export_dir, nlink=True)
+    real_copy, real_link, copies, links = reuse.clone_or_copy, os.link, [], []
+
+    def full(src: int, dst: int) -> None:
+        copies.append(dst)
+        if len(copies) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copy(src, dst)
+
+    def link(*args: Any, **kwargs: Any) -> None:
+        real_link(*args, **kwargs)
+        links.append(args)
+
+    monkeypatch.setattr(media, "clone_or_copy", full)
+    monkeypatch.setattr(reuse.os, "link", link)
+    failed = export_into(exports, engine, media_dir)
+    assert isinstance(failed.error, ExportFailed) and failed.error.phase == "copying media files"
+    assert "disk full" in str(failed.error)
+    assert links, "some files should have been linked before the failure"
+    assert leftovers(exports) == []
+    assert [p.name for p in first.result.export_dir.parent.iterdir()] == [first.result.export_dir.name]
+    assert snapshot(first.result.export_dir, nlink=True) == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_linking_and_copying_leaves_the_earlier_export_as_it_was(
+    media_archive: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """A real full disk (a 6 MiB tmpfs holding the exports): the first export fits, the second (half of it links)
+    does not; it fails saying so, leaves nothing, and the first is as it was, link counts included."""
+    require("mount")
+    engine, media_dir = media_archive
+    with mounted(tmp_path / "exports", "-t", "tmpfs", "-o", "size=6m", "tmpfs") as exports:
+        first = export_into(exports, engine, media_dir)
+        assert first.result is not None, first.error
+        for n in range(0, 22, 2):
+            path = media_dir / f"m{n:02d}.jpg"
+            path.write_bytes(path.read_bytes()[::-1])
+        before = snapshot(first.result.export_dir, nlink=True)
+        failed = export_into(exports, engine, media_dir)
+        assert isinstance(failed.error, ExportFailed), failed.error
+        assert "disk full" in str(failed.error), str(failed.error)
+        assert leftovers(exports) == []
+        assert snapshot(first.result.export_dir, nlink=True) == before
+        verify(first.result.export_dir)
