@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from .checksums import SUMS_NAME
+from .checksums import SUMS_NAME, sums_line
 from .host import MANIFEST_NAME, MEDIA_DIR_NAME
 
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
@@ -35,11 +35,9 @@ _CHUNK = 1 << 20
 #: A source must have been modified this long before the earlier export began: FAT stores times to 2 s, so a
 #: file rewritten just after that export copied it can carry a time from before it began.
 _COARSE_NS = 2_000_000_000
-#: A SHA256SUMS line of a media file, as GNU sha256sum writes it (checksums.sums_line): escaped when it
-#: starts with a backslash.
-_SUMS_LINE = re.compile(rb"(\\?)([0-9a-fA-F]{64}) [ *]" + MEDIA_DIR_NAME.encode() + rb"/([^/\n]+)\n?")
+#: A SHA256SUMS line of a media file, as GNU sha256sum writes it (escaped when it starts with a backslash).
+_SUMS_LINE = re.compile(rb"(\\?)([0-9a-fA-F]{64}) [ *](" + MEDIA_DIR_NAME.encode() + rb"/[^/\n]+)\n?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ESCAPES = {b"\\\\": b"\\", b"\\n": b"\n", b"\\r": b"\r"}
 
 
 def clone_or_copy(src: int, dst: int) -> None:
@@ -81,7 +79,15 @@ class Earlier:
         With ``checksums``, one without a SHA256SUMS is none: its files' lines are what the new one reuses.
         """
         folder = dest.parent.parent  # <exports>/<did>, beside the new export's staging directory
-        found = sorted((began, path) for path in _published(folder) if (began := _began(path)) is not None)
+        try:
+            exports = [
+                Path(e.path)
+                for e in os.scandir(folder)
+                if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+            ]
+        except OSError:
+            return None
+        found = sorted((began, path) for path in exports if (began := _began(path)) is not None)
         if not found:
             return None
         began, path = found[-1]
@@ -130,21 +136,12 @@ class Earlier:
     def _digest(self, name: str) -> str | None:
         assert self._sums is not None
         with self._lock:
-            row = self._sums.execute("SELECT digest FROM sums WHERE name = ?", (os.fsencode(name),)).fetchone()
+            row = self._sums.execute("SELECT digest FROM sums WHERE line = ?", (_key(name),)).fetchone()
         return None if row is None else str(row[0])
 
     def close(self) -> None:
         if self._sums is not None:
             self._sums.close()
-
-
-def _published(folder: Path) -> list[Path]:
-    """The export directories in ``folder`` under their final names (not hidden, not symlinks)."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
 
 
 def _began(export: Path) -> int | None:
@@ -166,26 +163,22 @@ def _open_file(path: Path) -> BinaryIO:
 
 
 def _read_sums(path: Path) -> sqlite3.Connection:
-    """The media lines of the SHA256SUMS ``path``: name (bytes) -> sha256, in a temporary database."""
+    """The media lines of the SHA256SUMS ``path`` (:func:`_key` -> sha256), in a temporary database."""
     db = sqlite3.connect("", check_same_thread=False)  # "": a private temporary file, gone when closed
     try:
-        db.execute("CREATE TABLE sums (name BLOB PRIMARY KEY, digest TEXT) WITHOUT ROWID")
+        db.execute("CREATE TABLE sums (line BLOB PRIMARY KEY, digest TEXT) WITHOUT ROWID")
         with _open_file(path) as stream:
-            db.executemany("INSERT OR IGNORE INTO sums VALUES (?, ?)", filter(None, map(_parse_line, stream)))
+            lines = filter(None, map(_SUMS_LINE.fullmatch, stream))
+            db.executemany(
+                "INSERT OR IGNORE INTO sums VALUES (?, ?)", ((m[1] + b"  " + m[3], m[2].decode()) for m in lines)
+            )
     except BaseException:
         db.close()
         raise
     return db
 
 
-def _parse_line(line: bytes) -> tuple[bytes, str] | None:
-    """``(name, sha256)`` of a SHA256SUMS line of a file in media/, or None."""
-    match = _SUMS_LINE.fullmatch(line)
-    if match is None:
-        return None
-    escaped, digest, name = match.groups()
-    if escaped:
-        if re.search(rb"\\(?![\\nr])", name.replace(b"\\\\", b"")):  # an escape sha256sum does not write
-            return None
-        name = re.sub(rb"\\[\\nr]", lambda m: _ESCAPES[m.group()], name)
-    return name, digest.decode("ascii")
+def _key(name: str) -> bytes:
+    """The line of the media file ``name`` in a SHA256SUMS, less its checksum and line end: the name as it is
+    written there (escaped or not) is the key, so no line needs unescaping."""
+    return sums_line("", f"{MEDIA_DIR_NAME}/{name}")[:-1]
