@@ -537,6 +537,61 @@ def test_an_earlier_file_that_would_differ_from_a_copy_is_not_linked(
     assert snapshot(one) == before
 
 
+def test_only_a_complete_export_read_without_following_links_is_linked_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newer folders that are not complete exports, or that lead elsewhere through a symlink, are passed over
+    (and a manifest that is a FIFO is not waited on); a DID folder that cannot be read means no links."""
+    did = tmp_path / "did"
+    dest = did / ".2026-01-01_00-00-00.staging-0123456789abcdef" / "media"
+    dest.mkdir(parents=True)
+    complete = did / "2025-01-01_00-00-00"
+    (complete / "media").mkdir(parents=True)
+    (complete / "manifest.json").write_text('{"exported_at": "2025-01-01T00:00:00.000Z"}')
+    manifests = {"not JSON": "{", "no exported_at": "{}", "a bad date": '{"exported_at": "yesterday"}'}
+    for n, text in enumerate(manifests.values()):
+        (did / f"2099-0{n + 1}-01_00-00-00" / "media").mkdir(parents=True)
+        (did / f"2099-0{n + 1}-01_00-00-00" / "manifest.json").write_text(text)
+    newer = '{"exported_at": "2099-12-31T00:00:00.000Z"}'
+    (did / "media is a file").mkdir()
+    (did / "media is a file" / "media").write_bytes(b"")
+    (did / "media is a link").mkdir()
+    (did / "media is a link" / "media").symlink_to(complete / "media")
+    (did / "media is a file" / "manifest.json").write_text(newer)
+    (did / "media is a link" / "manifest.json").write_text(newer)
+    (did / "manifest is a FIFO" / "media").mkdir(parents=True)
+    os.mkfifo(did / "manifest is a FIFO" / "manifest.json")
+    (did / "a link to an export").symlink_to(complete)
+    earlier = Earlier.find(dest, checksums=False)
+    assert earlier is not None and earlier.media == complete / "media"
+    assert Earlier.find(dest, checksums=True) is None, "no SHA256SUMS there"
+
+    def unreadable(path: Any) -> Any:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(reuse.os, "scandir", unreadable)
+    assert Earlier.find(dest, checksums=False) is None
+
+
+def test_a_file_replaced_while_it_is_linked_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier file replaced by another between its check and the link: the link is undone (and the file
+    is then copied)."""
+    did = tmp_path / "did"
+    dest = did / ".2026-01-01_00-00-00.staging-0123456789abcdef" / "media"
+    dest.mkdir(parents=True)
+    (did / "2025-01-01_00-00-00" / "media").mkdir(parents=True)
+    (did / "2025-01-01_00-00-00" / "manifest.json").write_text('{"exported_at": "2025-01-01T00:00:00.000Z"}')
+    (did / "2025-01-01_00-00-00" / "media" / "a.jpg").write_bytes(b"old")
+    (tmp_path / "a.jpg").write_bytes(b"new")
+    os.utime(tmp_path / "a.jpg", (LONG_AGO, LONG_AGO))
+    earlier = Earlier.find(dest, checksums=False)
+    assert earlier is not None
+    real_link = os.link
+    monkeypatch.setattr(reuse.os, "link", lambda src, dst, **kw: real_link(tmp_path / "a.jpg", dst, **kw))
+    assert earlier.link("a.jpg", os.stat(tmp_path / "a.jpg"), dest / "a.jpg") is None
+    assert not (dest / "a.jpg").exists()
+
+
 @pytest.mark.parametrize("code", [errno.EXDEV, errno.EMLINK, errno.EPERM])
 def test_a_refused_link_is_a_copy(
     media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
