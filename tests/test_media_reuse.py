@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,7 @@ from export_batching_plugin.batched import ExportFailed
 from export_batching_plugin.reuse import Earlier, clone_or_copy
 
 from . import harness
+from . import test_failure_safety as failure_safety
 from .conftest import ArchiveFolder
 from .harness import Outcome, archive_with_media, export, insert_rows, make_engine, media_row, post_row
 
@@ -366,10 +368,10 @@ def test_media_are_cloned_on_a_copy_on_write_filesystem(archive_folder: ArchiveF
 
 @pytest.fixture
 def media_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Path]]:
-    """30 posts, 24 media files of 200 KB (names sha256sum must escape among them), written long ago. Each export
+    """45 posts, 24 media files of 200 KB (names sha256sum must escape among them), written long ago. Each export
     of the test begins a second after the one before (harness.export)."""
     monkeypatch.setattr(harness, "_counter", itertools.count())
-    posts = [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(30)]
+    posts = [post_row(n, created_at=f"2025-01-01T00:00:{59 - n:02d}.000Z") for n in range(45)]
     names = [f"m{n:02d}.jpg" for n in range(22)] + ["back\\slash.jpg", "new\nline.jpg"]
     files = {name: (n, random.Random(n).randbytes(200_000)) for n, name in enumerate(names)}
     engine, media_dir = archive_with_media(tmp_path, posts, files)
@@ -637,6 +639,46 @@ def test_an_earlier_export_on_another_filesystem_is_copied_from(
 
 
 # -- failure: nothing left, the earlier export untouched -------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("persistent", [False, True], ids=["single", "persistent"])
+@pytest.mark.parametrize("operation", [*failure_safety.OPERATIONS, "clone or copy"])
+def test_every_failure_with_links_leaves_nothing_and_the_earlier_export_as_it_was(
+    media_archive: tuple[Any, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, persistent: bool
+) -> None:
+    """The fault sweep of test_failure_safety.py (the k-th operation of each kind fails, once or from then on, for
+    k = 1, 2, ... until the export gets through), on a repeat export that links most files and copies the rest:
+    each failure says what failed, leaves nothing, and leaves the earlier export as it was, link counts included."""
+    engine, media_dir = media_archive
+    exports = tmp_path / "exports"
+    first = export_into(exports, engine, media_dir)
+    assert first.result is not None
+    for n in range(0, 22, 4):  # changed since: copied (cloned), the others linked
+        path = media_dir / f"m{n:02d}.jpg"
+        path.write_bytes(path.read_bytes()[::-1])
+    before = snapshot(first.result.export_dir, nlink=True)
+    copying = (media, "clone_or_copy", failure_safety.enospc, failure_safety.same,
+               r"copying media files failed: disk full: injected")  # fmt: skip
+    owner, name, error, wrap, says = failure_safety.OPERATIONS.get(operation, copying)
+    original, failures = getattr(owner, name), 0
+    for k in range(1, 200):
+        monkeypatch.setattr(owner, name, wrap(original, failure_safety.Fault(k, persistent, error)))
+        outcome = export_into(exports, engine, media_dir, batch_size=10)
+        monkeypatch.setattr(owner, name, original)
+        if outcome.error is None:
+            break
+        failures += 1
+        assert isinstance(outcome.error, ExportFailed) and re.fullmatch(says, str(outcome.error)), str(outcome.error)
+        assert leftovers(exports) == []
+        assert snapshot(first.result.export_dir, nlink=True) == before
+    else:
+        pytest.fail("the export never got through")
+    assert failures >= 1, f"no {operation} fault was ever hit"
+    assert outcome.result is not None
+    one, two = first.result.export_dir, outcome.result.export_dir
+    assert {n for n, i in inodes(two).items() if i != inodes(one)[n]} == {f"m{n:02d}.jpg" for n in range(0, 22, 4)}
+    verify(two)
 
 
 def test_a_failure_after_some_links_leaves_nothing_and_the_earlier_export_as_it_was(
