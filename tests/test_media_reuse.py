@@ -44,22 +44,29 @@ LINKS = {"threshold": 0, "link_unchanged_media": True, "checksums": True}
 LONG_AGO = 1_500_000_000  # 2017: the archive's files were written long before any export (2025 in the harness)
 
 
+def unavailable(reason: str) -> None:
+    """Skip saying why; under CI (``CI=true``) fail instead: CI must run these tests."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"under CI: {reason}")
+    pytest.skip(reason)
+
+
 def require(*tools: str) -> None:
-    """Root and ``tools``, or skip saying what is missing; under CI (``CI=true``) fail instead: CI must run these."""
+    """Root and ``tools``, or :func:`unavailable`."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
-    why = "needs root" if os.geteuid() != 0 else f"needs {', '.join(missing)}" if missing else None
-    if why is not None:
-        reason = f"{why} (Debian: apt-get install xfsprogs btrfs-progs)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"under CI: {reason}")
-        pytest.skip(reason)
+    if os.geteuid() != 0 or missing:
+        why = "needs root" if os.geteuid() != 0 else f"needs {', '.join(missing)}"
+        unavailable(f"{why} (Debian: apt-get install xfsprogs btrfs-progs)")
 
 
 @contextmanager
 def mounted(mountpoint: Path, *args: str) -> Iterator[Path]:
-    """``mount *args mountpoint``, unmounted on the way out (lazily if still busy)."""
+    """``mount *args mountpoint`` (:func:`unavailable` if the system will not: no loop devices in a container),
+    unmounted on the way out (lazily if still busy)."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", *args, str(mountpoint)], check=True, capture_output=True)
+    done = subprocess.run(["mount", *args, str(mountpoint)], capture_output=True, text=True)
+    if done.returncode:
+        unavailable(f"mount {' '.join(args)} failed: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:
