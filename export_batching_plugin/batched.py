@@ -155,6 +155,7 @@ class _Export:
                     dest=staging.path / MEDIA_DIR_NAME,
                     spool_dir=staging.path.parent,
                     checksums=settings.checksums,
+                    link_unchanged=settings.link_unchanged_media,
                 )
             )
         reporter = ProgressReporter(self.channel, interval=settings.progress_interval, threads=plan.threads)

@@ -58,6 +58,12 @@ class Settings:
         "encode posts.json and posts.jsonl in a second process, on the machine's second core, while the rows are"
         " read (faster; the process takes about 20-30 MB); `false`: in the export's own process, once they are read",
     )
+    link_unchanged_media: bool = setting(
+        False,
+        "with `--media`, hard-link each media file that is unchanged since the newest complete earlier export of"
+        " the DID (same name and size, its source last modified before that export began) instead of copying it"
+        " again: a repeat export then costs only what changed (docs/usage.md, section 7)",
+    )
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ a slow disk.
 Where no thread can be started (a container's task limit), the rows are copied one after another on the
 export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as skyarchive alone copies them.
 
-Each file is copied with the host's own ``copy_media_file`` (same names,
-same refusal of paths outside ``media_dir``, same skips of missing files and
-repeated names). The copies are made durable by the export's final sync
+Each file is made by :func:`copy_media_file`: skyarchive's own rules (same names, same refusal of paths
+outside ``media_dir``, same skips of missing files and repeated names, same warnings), but the file is
+cloned where the filesystem shares blocks, or linked from the earlier export when it is unchanged
+(:mod:`.reuse`). The files are made durable by the export's final sync
 (:func:`.staging.sync_tree`, one ``syncfs``, cheaper than asking the kernel to
 start writing each file as it is copied: docs/benchmarks.md, "Measurements behind the design"). The host copies
 rows in order and the first row of a file name wins; rows are routed to
@@ -41,7 +42,8 @@ from types import TracebackType
 from typing import IO, Any
 
 from . import host
-from .checksums import stream_digest
+from .checksums import file_digest
+from .reuse import Earlier, clone_or_copy
 from .threads import Helper, start_thread
 
 #: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
@@ -62,7 +64,11 @@ def _file_name(row: Any) -> str:
 class MediaCopier:
     """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
 
-    def __init__(self, *, media_root: Path, dest: Path, spool_dir: Path, checksums: bool = False) -> None:
+    def __init__(
+        self, *, media_root: Path, dest: Path, spool_dir: Path, checksums: bool = False, link_unchanged: bool = False
+    ) -> None:
+        #: With ``link_unchanged``: the export whose unchanged files are linked rather than copied, if any.
+        self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None
         self.dest = dest
         self._root = media_root.resolve()
         self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by wait()/abort()
@@ -181,6 +187,8 @@ class MediaCopier:
         finally:
             for stream in (self._spool, *self._sums):
                 stream.close()
+            if self._earlier is not None:
+                self._earlier.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -228,16 +236,54 @@ class MediaCopier:
     def _copy(self, number: int, row: Any, sums: IO[bytes] | None) -> None:
         name = os.path.basename(row.file_path or "")
         try:
-            copied = host.copy_media_file(row, self._root, self.dest)
-            if copied and sums is not None:  # read back from the page cache: the host's function did the copy
-                with open(self.dest / name, "rb") as copy:
-                    pickle.dump((number, stream_digest(copy), name), sums)
+            made, digest = copy_media_file(row, self._root, self.dest, self._earlier)
+            if made and sums is not None:  # a copy is read back, from the page cache as a rule
+                pickle.dump((number, digest or file_digest(self.dest / name), name), sums)
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)
             raise
         with self._lock:
-            if copied:
+            if made:
                 self.copied += 1
             else:
                 self.skipped += 1
+
+
+def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earlier | None) -> tuple[bool, str | None]:
+    """skyarchive's ``copy_media_file``, rule for rule and warning for warning, but the file is linked from the
+    ``earlier`` export when it is unchanged since, or cloned where it can be, else copied.
+
+    Returns whether the file was made (False: skipped, with a warning, as skyarchive skips it) and, for a
+    link with checksums, its sha256 from the earlier export's SHA256SUMS.
+    """
+    rel = media.file_path or ""
+    name = os.path.basename(rel)
+    if not rel or os.path.isabs(rel) or name in ("", ".", ".."):
+        log.warning("media %s: refused path %r (not inside media_dir)", media.hash, rel)
+        return False, None
+    source = (media_root / rel).resolve()
+    if source != media_root and media_root not in source.parents:
+        log.warning("media %s: refused path %r (leads outside media_dir)", media.hash, rel)
+        return False, None
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        log.warning("media %s: cannot read %s (%s)", media.hash, source, exc.strerror or exc)
+        return False, None
+    with src:
+        try:
+            digest = earlier.link(name, os.fstat(src.fileno()), dest_dir / name) if earlier is not None else None
+            if digest is None:
+                fd = os.open(dest_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            log.warning(
+                "media %s: skipped, %s/%s was already copied for another row", media.hash, host.MEDIA_DIR_NAME, name
+            )
+            return False, None
+        if digest is None:
+            try:
+                clone_or_copy(src.fileno(), fd)
+            finally:
+                os.close(fd)
+    return True, digest or None

@@ -27,7 +27,7 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import seed_archive
 from sqlalchemy.exc import OperationalError
 
-from export_batching_plugin import batched, blocks, host, reading, staging, worker
+from export_batching_plugin import batched, blocks, media, reading, staging, worker
 from export_batching_plugin.blocks import Span
 from export_batching_plugin.plan import COPY, DIRECT, SPOOL
 
@@ -118,7 +118,7 @@ OPERATIONS: dict[str, tuple[Any, str, Callable[..., BaseException], Callable[...
     "read the copy": (blocks.Copy, "chunks", enospc, same, rf"{WRITE_BATCH} failed: disk full: injected", {COPY}),
     "write posts": (worker.Writer, "write", enospc, same,
                     rf"({WRITE_BATCH}|finishing posts\.json) failed: disk full: injected", {COPY, SPOOL, DIRECT}),
-    "copy media": (host, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected",
+    "copy media": (media, "copy_media_file", enospc, same, r"copying media files failed: disk full: injected",
                    {COPY, SPOOL, DIRECT}),
     "write manifest": (batched, "write_manifest", enospc, same, r"writing manifest\.json failed: disk full: injected",
                        {COPY, SPOOL, DIRECT}),
@@ -428,10 +428,10 @@ def test_a_media_copy_that_fails_mid_write_names_the_copy(
     """A write to an open file does not say which file: the error still names the copy, as the user will see it."""
     engine, media_dir = media_archive
 
-    def full_while_writing(media: Any, media_root: Path, dest_dir: Path) -> bool:
+    def full_while_writing(*args: Any) -> tuple[bool, str | None]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(host, "copy_media_file", functools.wraps(host.copy_media_file)(full_while_writing))
+    monkeypatch.setattr(media, "copy_media_file", functools.wraps(media.copy_media_file)(full_while_writing))
     outcome = export(engine, tmp_path, settings=SETTINGS, media=True, media_dir=media_dir)
     assert outcome.job is not None
     message = str(outcome.error)
