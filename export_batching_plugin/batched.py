@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, pgcopy
-from .blocks import BatchFailed, Block, Copy, Span, Spool, chunks, planned, row_size
+from .blocks import BatchFailed, Block, Copy, Span, Spool, chunks, planned, row_sizes
 from .checksums import SUMS_NAME, file_digest, write_sums
 from .config import Settings
 from .encoding import Encoders
@@ -168,13 +168,14 @@ class _Export:
         stack.callback(os.close, fd)
         writer = Writer(fd, path=str(path), checksums=settings.checksums,
                         on_written=lambda batch, posts: progress.update(posts))  # fmt: skip
-        pipeline = self._pipeline(stack, plan, encoders, writer, progress)
-        self._read(pipeline, media, progress)
-        self.phase, self.batch = "writing", None
-        progress.status(f"writing {name}")
-        pipeline.drain(planned(self.total, settings.batch_size) if isinstance(pipeline.source, Copy) else ())
-        self.phase = f"finishing {name}"
-        digest = pipeline.finish(tick=progress.beat)
+        with ExitStack() as spool:  # the spool and the child, gone before the sync (nothing of theirs is synced)
+            pipeline = self._pipeline(spool, plan, encoders, writer, progress)
+            self._read(pipeline, media, progress)
+            self.phase, self.batch = "writing", None
+            progress.status(f"writing {name}")
+            pipeline.drain(planned(self.total, settings.batch_size) if isinstance(pipeline.source, Copy) else ())
+            self.phase = f"finishing {name}"
+            digest = pipeline.finish(tick=progress.beat)
         self._finish(digest, path, media, progress, pipeline.posts)
         self.result = ExportResult(
             export_dir=job.export_dir, post_count=pipeline.posts, media_count=media.copied if media else 0
@@ -275,16 +276,16 @@ class _Export:
         request, settings, conn = self.job.request, self.settings, snapshot.conn
         if self.plan.copy_lines:
             stream: Any = pgcopy.CopyRows(conn, pgcopy.copy_query(request, with_labels=self.with_labels))
-            size_of: Any = len
+            sizes_of: Any = lambda rows: list(map(len, rows))  # noqa: E731 - COPY's rows are bytes
         else:
-            stream, size_of = open_stream(conn, posts_query(request), batch_size=settings.batch_size), row_size
+            stream, sizes_of = open_stream(conn, posts_query(request), batch_size=settings.batch_size), row_sizes
         spool = pipeline.source if isinstance(pipeline.source, Spool) else None
         try:
             for block in planned(self.total, settings.batch_size):
                 self.phase, self.batch = "reading", block.span
                 offset, read = spool.size if spool else 0, 0
                 for chunk in chunks(
-                    stream.fetchmany, rows=block.count, budget=settings.max_batch_bytes, size_of=size_of
+                    stream.fetchmany, rows=block.count, budget=settings.max_batch_bytes, sizes_of=sizes_of
                 ):
                     if spool is not None:
                         spool.append(chunk)

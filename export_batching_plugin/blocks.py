@@ -105,13 +105,20 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes)) else 0
 
 
-def row_size(row: Sequence[Any]) -> int:
-    """A row's stored size for the byte budget: its text, embed and labels."""
-    return _size(row[TEXT]) + _size(row[EMBED]) + _size(row[LABELS])
+def row_sizes(rows: Sequence[Sequence[Any]]) -> list[int]:
+    """Each row's stored size for the byte budget: its text, embed and labels (str or bytes; else nothing)."""
+    try:
+        return [len(row[TEXT] or "") + len(row[EMBED] or "") + len(row[LABELS] or "") for row in rows]
+    except TypeError:  # a value of another type (SQLite stores what a column's type does not promise)
+        return [_size(row[TEXT]) + _size(row[EMBED]) + _size(row[LABELS]) for row in rows]
 
 
 def chunks(
-    fetchmany: Callable[[int], Sequence[Any]], *, rows: int, budget: int, size_of: Callable[[Any], int] = row_size
+    fetchmany: Callable[[int], Sequence[Any]],
+    *,
+    rows: int,
+    budget: int,
+    sizes_of: Callable[[Sequence[Any]], list[int]] = row_sizes,
 ) -> Iterator[Chunk]:
     """Up to ``rows`` rows of a stream, in chunks of about ``budget`` bytes of stored text.
 
@@ -128,7 +135,7 @@ def chunks(
             if not fetched:
                 left = 0
                 break
-            measured = [size_of(row) for row in fetched]
+            measured = sizes_of(fetched)
             estimate = max(max(measured), estimate // 2)
             size += sum(measured)
             chunk += fetched

@@ -18,7 +18,7 @@ from typing import Any
 import simplejson
 
 from . import host
-from .blocks import row_size
+from .blocks import row_sizes
 from .encoding import CSV_15, Encoders, Post, host_csv_lines, host_json_encoder, host_jsonl_encoder
 from .jsonenc import LARGE_RECORD, BatchEncoder
 from .worker import Recipe, batch_encoder, lines_encoder
@@ -139,7 +139,7 @@ def self_check(
     host_lines = host_csv_lines(per_post)
 
     def run(encode: BatchEncoder, rows: list[tuple[Any, ...]]) -> list[bytes]:
-        return [bytes(piece) for piece in encode(rows, [row_size(row) for row in rows])]
+        return [bytes(piece) for piece in encode(rows, row_sizes(rows))]
 
     def host_json(rows: list[tuple[Any, ...]]) -> bytes:
         return whole([per_post.post_record(Post._make(row)) for row in rows]).encode("utf-8")
