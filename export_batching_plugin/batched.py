@@ -136,8 +136,8 @@ class _Export:
                     encoders.fallback_reason,
                 )
             plan = make_plan(
-                conn, selected=self.selected, format=self.job.request.format, settings=self.settings,
-                fast_encoders=encoders.recipe is not None, beside=self.job.export_dir.parent,
+                conn, selected=self.selected, format=self.job.request.format, media=self.job.request.media,
+                settings=self.settings, fast_encoders=encoders.recipe is not None, beside=self.job.export_dir.parent,
             )  # fmt: skip
         return plan, encoders
 
@@ -165,11 +165,12 @@ class _Export:
         path = staging.path / name
         self.phase = f"creating {name}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        stack.callback(os.close, fd)
+        writing = stack.enter_context(ExitStack())  # the posts file, the spool, the child: closed once it is written
+        writing.callback(os.close, fd)
         writer = Writer(fd, path=str(path), checksums=settings.checksums,
                         on_written=lambda batch, posts: progress.update(posts))  # fmt: skip
-        with ExitStack() as spool:  # the spool and the child, gone before the sync (nothing of theirs is synced)
-            pipeline = self._pipeline(spool, plan, encoders, writer, progress)
+        with writing:  # the spool and the child gone before the sync (nothing of theirs is synced), fewer files open
+            pipeline = self._pipeline(writing, plan, encoders, writer, progress)
             self._read(pipeline, media, progress)
             self.phase, self.batch = "writing", None
             progress.status(f"writing {name}")
@@ -269,7 +270,7 @@ class _Export:
             " archive while the posts are written, as skyarchive does",
             where, exc,
         )  # fmt: skip
-        self.plan = replace(self.plan, source=DIRECT, child=False)
+        self.plan = replace(self.plan, source=DIRECT, child=False, in_date_order=True)  # no sort spilling there
 
     def _stream(self, snapshot: Snapshot, pipeline: Pipeline) -> None:
         """The selection's rows, one streamed statement, into the spool or (no spool) through the encoders."""
@@ -278,7 +279,8 @@ class _Export:
             stream: Any = pgcopy.CopyRows(conn, pgcopy.copy_query(request, with_labels=self.with_labels))
             sizes_of: Any = lambda rows: list(map(len, rows))  # noqa: E731 - COPY's rows are bytes
         else:
-            stream, sizes_of = open_stream(conn, posts_query(request), batch_size=settings.batch_size), row_sizes
+            query = posts_query(request, in_date_order=self.plan.in_date_order)
+            stream, sizes_of = open_stream(conn, query, batch_size=settings.batch_size), row_sizes
         spool = pipeline.source if isinstance(pipeline.source, Spool) else None
         try:
             for block in planned(self.total, settings.batch_size):

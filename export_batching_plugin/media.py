@@ -25,6 +25,7 @@ the same row wins.
 from __future__ import annotations
 
 import heapq
+import io
 import logging
 import os
 import pickle
@@ -71,9 +72,10 @@ class MediaCopier:
         self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None
         self.dest = dest
         self._root = media_root.resolve()
-        self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed by wait()/abort()
+        self._spool_dir, self._checksums = spool_dir, checksums
+        self._spool: IO[bytes] = io.BytesIO()  # until spool() makes the file
         #: With checksums, each worker's (row number, sha256, file name) of the files it copied, in row order.
-        self._sums = [tempfile.TemporaryFile(dir=spool_dir) for _ in range(WORKERS)] if checksums else []  # noqa: SIM115
+        self._sums: list[IO[bytes]] = []
         self.rows = self.copied = self.skipped = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -84,6 +86,7 @@ class MediaCopier:
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
         """Write the media rows to the spool (inside the snapshot; fast, sequential)."""
+        self._spool = self._file()
         with closing(chunks):  # its cursor, also when this fails
             for chunk in chunks:
                 pickle.dump(chunk, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
@@ -95,6 +98,7 @@ class MediaCopier:
         """Start copying on the worker threads; where they cannot all be started (or ``threads`` is off),
         :meth:`wait` copies instead."""
         doing = "copying media files, once the posts are read,"
+        self._sums = [self._file() for _ in range(WORKERS if threads else 1)] if self._checksums else []
         for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
             worker = start_thread(self._work, f"export-media-{n}", n, doing=doing) if threads else None
             if worker is None:
@@ -109,6 +113,14 @@ class MediaCopier:
         for thread in self._threads:
             thread.wait()
         self._threads, self._inline = [], True
+
+    def _file(self) -> IO[bytes]:
+        """An unnamed temporary file beside the export (a full disk or too few descriptors named as such)."""
+        try:
+            return tempfile.TemporaryFile(dir=self._spool_dir)
+        except OSError as exc:
+            exc.filename = f"{self._spool_dir} (the media rows' spool)"
+            raise
 
     def __enter__(self) -> MediaCopier:
         return self

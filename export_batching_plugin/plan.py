@@ -43,10 +43,15 @@ CHILD_POSTS = 10_000
 #: The spool of N posts takes about this share of their room in the archive (measured: docs/benchmarks.md),
 #: with room left for SQLite's sort of the copy.
 SPOOL_SHARE = 0.8
-#: Free space and descriptors left to everything else.
-MARGIN_BYTES, MARGIN_FDS = 16 << 20, 4
-#: Descriptors the spool (and SQLite's sort of it) and the child hold at once.
-SPOOL_FDS, CHILD_FDS = 4, 5
+#: Free space left to everything else.
+MARGIN_BYTES = 16 << 20
+#: Descriptors each part of an export holds at once: the staging directory's lock and the posts file; SQLite's
+#: sort (two temporary files); the spool (a file, and SQLite's sort of the copy); the child process (two pipes,
+#: its error file, and the pipes' other ends while it starts); media copying on one thread (the spool of rows,
+#: the sums of two threads, a source and a copy) and on each more; what a child process needs of its own.
+BASE_FDS, SORT_FDS, SPOOL_FDS, CHILD_FDS, MEDIA_FDS, THREAD_FDS, CHILD_OWN_FDS = 2, 2, 3, 5, 5, 2, 16
+#: More descriptors than this, and nothing need be counted.
+PLENTY_FDS = 64
 _RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
 
 
@@ -57,6 +62,7 @@ class Plan:
     source: str
     child: bool
     copy_lines: bool
+    in_date_order: bool
     threads: bool
     fast: bool
     spool_dir: Path | None
@@ -75,10 +81,17 @@ class Plan:
 
 
 def make_plan(
-    conn: Connection, *, selected: int, format: str, settings: Settings, fast_encoders: bool, beside: Path
+    conn: Connection,
+    *,
+    selected: int,
+    format: str,
+    media: bool,
+    settings: Settings,
+    fast_encoders: bool,
+    beside: Path,
 ) -> Plan:
-    """The plan for exporting ``selected`` posts to ``format`` over ``conn`` (see the module's docstring);
-    ``beside``: the folder the export is written into."""
+    """The plan for exporting ``selected`` posts to ``format`` (and ``media``) over ``conn`` (see the module's
+    docstring); ``beside``: the folder the export is written into."""
     reasons: list[str] = []
     limited = _finite(resource.RLIMIT_AS) or _finite(resource.RLIMIT_DATA)
     if limited:
@@ -86,32 +99,32 @@ def make_plan(
     spool_dir = spool_directory(beside)
     need = int(_stored(conn, selected) * SPOOL_SHARE) + MARGIN_BYTES
     room = min(_free(spool_dir), _file_size_limit()) - MARGIN_BYTES
-    fds = _free_fds()
+    fds, limit = _free_fds()
+    threads = not limited and fds >= PLENTY_FDS
+    fds -= BASE_FDS + (MEDIA_FDS + THREAD_FDS * threads if media else 0)
     source = COPY if conn.dialect.name == "sqlite" else SPOOL
     if need > room:
         reasons.append(
             f"no room for a spool: about {need >> 20} MB needed, {max(room, 0) >> 20} MB free in {spool_dir}"
         )
         source = DIRECT
-    elif fds < SPOOL_FDS + MARGIN_FDS:
-        reasons.append(f"only {fds} more descriptors may be opened")
+    elif fds < SPOOL_FDS + SORT_FDS:
+        reasons.append(f"too few descriptors for a spool ({fds + BASE_FDS} more may be opened)")
         source = DIRECT
     child = settings.encoder_process and selected >= CHILD_POSTS and fast_encoders and not limited
-    if child and (source == DIRECT or fds < SPOOL_FDS + CHILD_FDS + MARGIN_FDS):
-        child = False
+    child = child and source != DIRECT and fds >= SPOOL_FDS + SORT_FDS + CHILD_FDS and limit >= CHILD_OWN_FDS
     if not reasons:
         reasons.append(f"{selected:,} posts, {room >> 20} MB free in the spool's folder")
     copy_lines = format == "csv" and fast_encoders and pgcopy.usable(conn)  # PostgreSQL's CSV writer: pgcopy
+    # Without a spool on SQLite, where SQLite could not open its sort's files, or the selection is most of the
+    # archive: its created_at index walked, no sort of the whole selection (the ties on created_at sorted alone).
+    in_date_order = source == DIRECT and conn.dialect.name == "sqlite" and (
+        fds < SORT_FDS or 2 * selected >= count_archive(conn)
+    )  # fmt: skip
     plan = Plan(
-        source,
-        child,
-        copy_lines,
-        not limited,
-        fast_encoders and not limited,
-        spool_dir,
-        max(room, 0),
+        source, child, copy_lines, in_date_order, threads, fast_encoders and not limited, spool_dir, max(room, 0),
         "; ".join(reasons),
-    )
+    )  # fmt: skip
     log.info("export_batching: plan: %s", plan)
     return plan
 
@@ -173,11 +186,12 @@ def _file_size_limit() -> int:
     return 1 << 62 if soft == resource.RLIM_INFINITY else soft
 
 
-def _free_fds() -> int:
-    """How many more descriptors this process may open."""
+def _free_fds() -> tuple[int, int]:
+    """How many more descriptors this process may open, and how many a process may have."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
     try:
         used = len(os.listdir("/proc/self/fd")) - 1  # less the one listing it
     except OSError as exc:
-        return 0 if exc.errno in (errno.EMFILE, errno.ENFILE) else MARGIN_FDS + SPOOL_FDS + CHILD_FDS
-    return (1 << 20 if soft == resource.RLIM_INFINITY else soft) - used
+        return (0 if exc.errno in (errno.EMFILE, errno.ENFILE) else PLENTY_FDS), limit
+    return limit - used, limit

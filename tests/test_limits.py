@@ -1,0 +1,234 @@
+"""Never worse than skyarchive alone under the limits containers and service managers set: few descriptors
+(``ulimit -n``), an address-space limit (``ulimit -v``), a file-size limit (``ulimit -f``), and a console that
+stops reading (a full pipe, a terminal paused with Ctrl-S).
+
+Each from the CLI, as a user meets it, skyarchive alone and with the plugin in the same environment: the plugin
+exports wherever skyarchive exports, with the same bytes; where the limit is so tight that neither can, it
+fails with one line and leaves nothing (no staging folder, no empty owner's folder, no spool, no process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from skyarchive.seed import DEFAULT_DID
+
+from .conftest import HOST_VERSION, plugin_toml
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # benchmarks/, after site-packages (see test_shared)
+from benchmarks import archiver
+
+pytestmark = pytest.mark.slow  # real processes, real limits
+
+
+def seed(root: Path, posts: int, *extra: str) -> Path:
+    done = subprocess.run(
+        [sys.executable, "-m", "skyarchive", "seed", "--posts", str(posts), "--media-every", "0", *extra],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (root / "host.toml").write_text("", encoding="utf-8")
+    (root / "plugin.toml").write_text(plugin_toml(threshold=0), encoding="utf-8")
+    (root / "checksums.toml").write_text(plugin_toml(threshold=0, checksums=True), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def posts_12k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12,000 posts (enough for the child process), no media."""
+    return seed(tmp_path_factory.mktemp("limits"), 12_000)
+
+
+@pytest.fixture(scope="module")
+def posts_6k_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6,000 posts, a media file every third."""
+    root = tmp_path_factory.mktemp("limits-media")
+    seed(root, 6000)
+    done = subprocess.run(
+        [sys.executable, "-m", "skyarchive", "--db", "sqlite:///media.db", "seed", "--posts", "6000",
+         "--media-every", "3"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def export(
+    root: Path, config: str, out: Path, *options: str, limit: Callable[[], None] | None = None, db: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``skyarchive export`` of the seeded owner with ``config``, under ``limit`` (set in the child)."""
+    args = ["--config", config, *(["--db", db] if db else []), "export", "--did", DEFAULT_DID, *options]
+    env = {k: v for k, v in os.environ.items() if k != "SKYARCHIVE_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "skyarchive", *args, "--out", str(out)], cwd=root, env=env, preexec_fn=limit,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def outcome(done: subprocess.CompletedProcess[str], out: Path, *, plugin: bool = True) -> dict[str, bytes] | str:
+    """The export's files (but the manifest and sums, which name their exporter), or its one-line error, having
+    checked that the plugin's failure left nothing (skyarchive alone leaves the owner's folder it made)."""
+    if done.returncode != 0:
+        assert done.returncode == 1, (done.returncode, done.stderr)  # an error, not a crash (a signal)
+        lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("export: ")]
+        assert lines[-1].startswith("skyarchive: error: "), done.stderr
+        if plugin and out.exists():
+            assert list(out.rglob("*")) == [], sorted(out.rglob("*"))
+        return lines[-1]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", "SHA256SUMS")
+    }
+
+
+def both(root: Path, tmp_path: Path, name: str, *options: str, limit: Callable[[], None], plugin: str = "plugin.toml",
+         db: str = "") -> tuple[dict[str, bytes] | str, dict[str, bytes] | str]:  # fmt: skip
+    """skyarchive alone, then with the plugin, under the same limit: their outcomes."""
+    host = export(root, "host.toml", tmp_path / f"{name}-host", *options, limit=limit, db=db)
+    mine = export(root, plugin, tmp_path / f"{name}-plugin", *options, limit=limit, db=db)
+    return outcome(host, tmp_path / f"{name}-host", plugin=False), outcome(mine, tmp_path / f"{name}-plugin")
+
+
+def rlimit(which: int, soft: int) -> Callable[[], None]:
+    hard = resource.getrlimit(which)[1]
+    return lambda: resource.setrlimit(which, (soft, hard))
+
+
+def assert_never_worse(host: dict[str, bytes] | str, plugin: dict[str, bytes] | str) -> bool:
+    """The plugin exported wherever skyarchive did, the same files; whether both exported."""
+    if isinstance(host, dict):
+        assert isinstance(plugin, dict), f"skyarchive exported; the plugin failed: {plugin}"
+        assert plugin == host
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("fds", "format"), [(6, "json"), (7, "csv"), (9, "json"), (16, "csv")])
+def test_few_descriptors(posts_12k: Path, tmp_path: Path, fds: int, format: str) -> None:
+    """12,000 posts: from 6 descriptors (stdin, stdout, stderr, the archive, the posts file, and the staging
+    folder's lock), without a spool and then a child where there are too few for them."""
+    host, plugin = both(posts_12k, tmp_path, "n", "--format", format, limit=rlimit(resource.RLIMIT_NOFILE, fds))
+    assert assert_never_worse(host, plugin) or "Too many open files" in str(plugin), plugin
+
+
+@pytest.mark.parametrize("fds", [9, 12])
+def test_few_descriptors_with_media_and_checksums(posts_6k_media: Path, tmp_path: Path, fds: int) -> None:
+    """Media files (and their sums) need a few more: from 9 (skyarchive alone: 6)."""
+    host, plugin = both(posts_6k_media, tmp_path, "m", "--format", "json", "--media", plugin="checksums.toml",
+                        db="sqlite:///media.db", limit=rlimit(resource.RLIMIT_NOFILE, fds))  # fmt: skip
+    assert assert_never_worse(host, plugin)
+
+
+def test_too_few_descriptors_for_the_media_fail_cleanly(posts_6k_media: Path, tmp_path: Path) -> None:
+    """One descriptor short: one line naming what could not be opened, and nothing left."""
+    done = export(posts_6k_media, "checksums.toml", tmp_path / "out", "--format", "json", "--media",
+                  db="sqlite:///media.db", limit=rlimit(resource.RLIMIT_NOFILE, 8))  # fmt: skip
+    said = outcome(done, tmp_path / "out")
+    assert isinstance(said, str) and "Too many open files" in said, said
+
+
+def lowest(works: Callable[[int], bool], low: int, high: int, step: int) -> int | None:
+    """The lowest value on a grid from ``low`` to ``high`` for which ``works`` (which grows with it), or None."""
+    for value in range(low, high + 1, step):
+        if works(value):
+            return value
+    return None
+
+
+@pytest.mark.parametrize(
+    "format", ["csv", pytest.param("jsonl", marks=pytest.mark.skipif(HOST_VERSION < (0, 5), reason="skyarchive 0.5"))]
+)
+def test_an_address_space_limit(posts_12k: Path, tmp_path: Path, format: str) -> None:
+    """``ulimit -v``: at the lowest limit (on a grid) where skyarchive alone exports 6,000 posts, the plugin exports
+    too; below it, where neither can, the plugin fails with one line (no crash: orjson, which cannot fail an
+    allocation, is not used under such a limit) and leaves nothing."""
+    options = ("--format", format, "--until", "2025-10-24")  # about 6,000 of the 12,000 posts
+    seen: dict[int, tuple[Any, Any]] = {}
+
+    def host_exports(kb: int) -> bool:
+        seen[kb] = both(posts_12k, tmp_path, f"v{kb}", *options, limit=rlimit(resource.RLIMIT_AS, kb << 10))
+        return isinstance(seen[kb][0], dict)
+
+    floor = lowest(host_exports, 60_000, 260_000, 20_000)
+    assert floor is not None, "skyarchive alone never exported here: the grid is wrong"
+    for host, plugin in seen.values():
+        assert_never_worse(host, plugin)
+    below = [plugin for host, plugin in seen.values() if isinstance(plugin, str)]
+    assert all("MemoryError" in said or "memory" in said.lower() for said in below), below
+
+
+def test_a_file_size_limit(posts_12k: Path, tmp_path: Path) -> None:
+    """``ulimit -f`` just above posts.csv: skyarchive exports (its sort's files fit), and so does the plugin, whose
+    copy of the selection would not fit: it does without one."""
+    probe = export(posts_12k, "host.toml", tmp_path / "probe", "--format", "csv")
+    size = (Path(probe.stdout.strip().splitlines()[-1]) / "posts.csv").stat().st_size
+    host, plugin = both(posts_12k, tmp_path, "f", "--format", "csv",
+                        limit=rlimit(resource.RLIMIT_FSIZE, size + (1 << 20)))  # fmt: skip
+    assert isinstance(host, dict) and assert_never_worse(host, plugin)
+
+
+def stalled_stderr() -> tuple[int, int]:
+    """A pipe whose buffer is already full: the first write to it blocks until someone reads. (read, write)"""
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write, False)
+    try:
+        while True:
+            os.write(write, b"." * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write, True)
+    return read, write
+
+
+def drain(fd: int) -> None:
+    while os.read(fd, 65536):
+        pass
+
+
+def test_a_stalled_console_does_not_hold_the_archive(tmp_path: Path) -> None:
+    """Standard error is a pipe nobody reads for 3 s (a terminal paused with Ctrl-S): an archiver inserting a post
+    every 0.1 s beside the export is locked out no longer, and fails no more, than with skyarchive alone."""
+    root = seed(tmp_path, 30_000)
+    db = root / "skyarchive.db"
+    env = {k: v for k, v in os.environ.items() if k != "SKYARCHIVE_CONFIG"}
+    waits: dict[str, float] = {}
+    errors: dict[str, int] = {}
+    for name in ("host", "plugin"):
+        report = tmp_path / f"archiver-{name}.json"
+        process = archiver.start_archiver(db, report, did="did:plc:someoneelse", cleanup=True)
+        read, write = stalled_stderr()
+        try:
+            started = time.monotonic()
+            export_process = subprocess.Popen(
+                [sys.executable, "-m", "skyarchive", "--config", f"{name}.toml", "export", "--did", DEFAULT_DID,
+                 "--format", "json", "--out", str(tmp_path / f"out-{name}")],
+                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=write,
+            )  # fmt: skip
+            os.close(write)
+            time.sleep(3)  # the console unread
+            drained = threading.Thread(target=drain, args=(read,))
+            drained.start()
+            assert export_process.wait(timeout=120) == 0
+            ended = time.monotonic()
+            drained.join()
+        finally:
+            os.close(read)
+            result = archiver.stop_archiver(process, report)
+        during = [w for at, w in zip(result.attempted_at, result.waits, strict=True) if started <= at <= ended]
+        waits[name] = max(during)
+        errors[name] = len([e for e in result.errors if started <= e.at <= ended])
+    assert errors["plugin"] <= errors["host"], errors
+    assert waits["plugin"] <= waits["host"] + 0.1, waits
