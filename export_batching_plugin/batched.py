@@ -126,7 +126,9 @@ class _Export:
         how (:mod:`.plan`): decided here, outside the read snapshot, which is then used for reading alone."""
         with self.job.engine.connect() as conn:
             self.selected = count_selection(conn, self.job.request)
-            if not self.settings.checksums and self.selected < self.settings.threshold:
+            settings = self.settings
+            mine = settings.checksums or (settings.link_unchanged_media and self.job.request.media)
+            if not mine and self.selected < settings.threshold:  # (only the plugin sums and links)
                 return None
             encoders = make_encoders()
             if encoders.fallback_reason is not None:

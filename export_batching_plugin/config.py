@@ -38,8 +38,8 @@ class Settings:
     batch_size: int = setting(1000, "posts fetched, encoded and written per batch", minimum=1)
     max_batch_bytes: int = setting(
         16 * 1024 * 1024,
-        "upper bound on the stored size of one batch; batches of very large posts (rich embeds) shrink to"
-        " stay within it",
+        "upper bound on the stored size of the posts read, encoded and written at once: a batch of very large posts"
+        " (rich embeds) is handled in pieces within it",
         minimum=1,
     )
     progress_interval: float = setting(
@@ -55,14 +55,16 @@ class Settings:
     )
     encoder_process: bool = setting(
         True,
-        "encode posts.json and posts.jsonl in a second process, on the machine's second core, while the rows are"
-        " read (faster; the process takes about 20-30 MB); `false`: in the export's own process, once they are read",
+        "encode selections of 10,000 posts and more on both cores: a second process encodes batches and writes"
+        " the posts file beside the export (faster; see docs/benchmarks.md for its memory); `false`: in the"
+        " export's own process alone",
     )
     link_unchanged_media: bool = setting(
         False,
         "with `--media`, hard-link each media file that is unchanged since the newest complete earlier export of"
         " the DID (same name and size, its source last modified before that export began) instead of copying it"
-        " again: a repeat export then costs only what changed (docs/usage.md, section 7)",
+        " again: a repeat export then costs only what changed (docs/usage.md, section 7); with `true`, every"
+        " export with `--media` goes through the plugin, whatever `threshold` says",
     )
 
 

@@ -31,7 +31,6 @@ from skyarchive.export import (  # noqa: F401 - imported to fail early if missin
     ExportJob,
     ExportRequest,
     ExportResult,
-    copy_media_file,
     csv_row,
     post_record,
     selection_criteria,
@@ -120,10 +119,6 @@ def contract_problems() -> list[str]:
         (isinstance(getattr(export, "JSONL_OPTIONS", {}), Mapping), "JSONL_OPTIONS"),
         (isinstance(export.CSV_HEADER, tuple) and all(isinstance(h, str) for h in export.CSV_HEADER), "CSV_HEADER"),
         (
-            _parameters(copy_media_file) == ["media", "media_root", "dest_dir"],
-            "copy_media_file(media, media_root, dest_dir)",
-        ),
-        (
             _parameters(write_manifest)
             == ["export_dir", "request", "exported_at", "post_count", "media_count", "media_skipped", "exporter"],
             "write_manifest(export_dir, *, request, exported_at, post_count, media_count, media_skipped, exporter)",
@@ -148,7 +143,6 @@ __all__ = [
     "SkyarchiveError",
     "UsageError",
     "contract_problems",
-    "copy_media_file",
     "has_labels",
     "hook_arguments",
     "media_table",

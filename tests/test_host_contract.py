@@ -71,7 +71,6 @@ NAMES = (
     ),
     Name("skyarchive.export", "CSV_HEADER", True, "the posts.csv header (a tuple of str)"),
     Name("skyarchive.export", "csv_row", True, "csv_row(post) -> the posts.csv row"),
-    Name("skyarchive.export", "copy_media_file", True, "copy_media_file(media, media_root, dest_dir) -> bool"),
     Name("skyarchive.export", "write_manifest", True, "write_manifest(export_dir, *, request, exported_at, ...)"),
     Name("skyarchive.models", "posts_table", False, "the posts Table, columns as in the documented schema"),
     Name("skyarchive.models", "media_table", False, "the media Table, columns as in the documented schema"),
@@ -232,7 +231,6 @@ def test_a_host_missing_a_name_gets_its_own_exporter(monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize(
     ("owner", "name", "replacement", "problem"),
     [
-        (host, "copy_media_file", lambda media, root: True, "copy_media_file(media, media_root, dest_dir)"),
         (skyarchive.export, "csv_row", lambda post, labels: [], "csv_row(post)"),
         (skyarchive.export, "CSV_HEADER", ["URI"], "CSV_HEADER"),
         (host, "posts_table", host.media_table, "the posts table's columns"),
