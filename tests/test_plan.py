@@ -109,7 +109,7 @@ def test_few_descriptors_mean_no_spool_and_no_child(
     made = plans_made(monkeypatch)
     export(engine, tmp_path / "warm", settings=SETTINGS)  # the pool's connection, the host's modules: opened
     host = export(engine, tmp_path / "host", settings=None)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 6, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 5, hard))
     try:
         plugin = export(engine, tmp_path / "plugin", settings=SETTINGS)
     finally:
