@@ -24,7 +24,6 @@ from . import __version__, pgcopy
 from .blocks import BatchFailed, Block, Copy, Span, Spool, chunks, planned, row_sizes
 from .checksums import SUMS_NAME, file_digest, write_sums
 from .config import Settings
-from .encoding import Encoders
 from .host import (
     MANIFEST_NAME,
     MEDIA_DIR_NAME,
@@ -39,7 +38,7 @@ from .pipeline import Child, Pipeline
 from .plan import COPY, DIRECT, Plan, make_plan
 from .progress import Channel, ProgressReporter
 from .reading import NoRoom, Snapshot, count_selection, media_rows, open_stream, posts_query
-from .selfcheck import make_encoders
+from .selfcheck import Encoders, make_encoders
 from .spooldir import private_directory
 from .staging import Staging, check_folder_name, fsync_directory, sync_tree
 from .worker import Framing, Writer, batch_encoder

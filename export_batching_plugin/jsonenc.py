@@ -1,8 +1,15 @@
-"""posts.json and posts.jsonl from plain row tuples, byte-identical to the host's. No host and no SQLAlchemy
-here: the encoder process imports this; :mod:`.encoding` binds it to the installed host's options.
+"""posts.json and posts.jsonl from plain row tuples, byte-identical to the host's (no host and no SQLAlchemy
+here: the child process imports this).
 
-Records are built as ``post_record`` builds them, and encoded with orjson where its bytes are simplejson's
-(which values those are: :mod:`.encoding`), else with simplejson, as the host encodes them.
+Records are built as ``post_record`` builds them and encoded with orjson (``OPT_INDENT_2``, or compact for
+JSON Lines), whose output equals simplejson's (``indent=2`` or compact separators, ``ensure_ascii=False``) for
+str, int (64-bit), bool, None, lists and dicts; not for floats (orjson writes ``1e-7`` where Python writes
+``1e-07``, ``null`` for an infinity simplejson refuses), integers beyond 64 bits or bytes (orjson refuses
+both). So embeds and labels are parsed with simplejson, as the host parses them (orjson would make big
+integers floats), noting whether a float was seen; a record with such a float, a count that is not a plain
+int (SQLite stores what a column's declared type does not promise: a REAL or TEXT in an INTEGER column), or
+more than ``LARGE_RECORD`` of stored text, and any run orjson refuses, is encoded with simplejson, as the host
+encodes it. The self-check (:mod:`.selfcheck`) proves it on hostile rows before each export.
 """
 
 from __future__ import annotations

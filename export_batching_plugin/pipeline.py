@@ -11,6 +11,13 @@ selection, ``encoder_process = false``), the export encodes and writes every bat
 A spool the database streams into (PostgreSQL) grows while the snapshot is open: meanwhile the child encodes
 and writes what is there (:meth:`Pipeline.put`), and the export, which is reading, does nothing else; once the
 snapshot has ended it encodes too (:meth:`Pipeline.drain`).
+
+**The child runs only the plugin's code.** ``python -m`` would put the current directory first on ``sys.path``
+(a ``random.py`` there would run in it): it is started isolated instead (``python -I``: no current or script
+directory on ``sys.path``, no ``PYTHON*`` variables, no user site-packages), in ``/``, with the folders its
+imports come from (the plugin's, orjson's, simplejson's, as this process found them: a plugin put on
+``sys.path`` by hand works too) appended after the standard library. It has a session of its own (Ctrl-C at
+the terminal does not reach it: the export stops it), killed as one process group with anything it started.
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ import json
 import logging
 import os
 import select
+import signal
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from . import child
 from .blocks import BatchFailed, Block, Chunk, Copy, Spool, _write_all
 from .worker import COMMAND, PIECE, Framing, Recipe, Writer, encoded, recipe_config
 
@@ -40,6 +50,35 @@ READY_TIMEOUT = 2.0
 DEPTH = 2
 #: The command pipe's capacity, so that a batch the export encoded is usually handed over in one write.
 PIPE_SIZE = 1 << 20
+#: What the child runs: the handed-over folders appended to ``sys.path``, then the module's ``main(argv)``.
+_BOOT = (
+    "import sys, json; sys.path += [p for p in json.loads(sys.argv[1]) if p not in sys.path];"
+    " from importlib import import_module; sys.exit(import_module(sys.argv[2]).main(sys.argv[3:]))"
+)
+
+
+def import_path() -> list[str]:
+    """The folders the child's imports come from, as this process found them (absolute)."""
+    import orjson
+    import simplejson
+
+    import export_batching_plugin
+
+    folders: list[str] = []
+    for module in (export_batching_plugin, orjson, simplejson):
+        folder = str(Path(module.__file__ or "").resolve().parent.parent)
+        if folder not in folders:
+            folders.append(folder)
+    return folders
+
+
+def spawn(module: str, args: Sequence[str], *, pass_fds: Sequence[int], stderr: Any) -> subprocess.Popen[bytes]:
+    """Start ``module.main(args)`` in an isolated child (see the module's docstring); raises what Popen raises."""
+    argv = [sys.executable, "-I", "-c", _BOOT, json.dumps(import_path()), module, *args]
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=tuple(pass_fds),
+        close_fds=True, cwd="/", start_new_session=True,
+    )  # fmt: skip
 
 
 class Child:
@@ -77,7 +116,7 @@ class Child:
             return None
         config = {**config, "commands": commands_read, "status": status_write}
         try:
-            process = child.spawn(
+            process = spawn(
                 "export_batching_plugin.worker", [json.dumps(config)],
                 pass_fds=(*pass_fds, commands_read, status_write), stderr=errors,
             )  # fmt: skip
@@ -195,7 +234,9 @@ class Child:
         if self._closed:
             return
         self._closed = True
-        child.stop(self._process)
+        with contextlib.suppress(OSError):  # the group is there until the child is reaped, even if it has ended
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
         for fd in (self._commands, self._status):
             with contextlib.suppress(OSError):
                 os.close(fd)
