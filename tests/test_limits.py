@@ -9,6 +9,7 @@ fails with one line and leaves nothing (no staging folder, no empty owner's fold
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import resource
@@ -147,36 +148,53 @@ def lowest(works: Callable[[int], bool], low: int, high: int, step: int) -> int 
     return None
 
 
-@pytest.mark.parametrize(
-    "format", ["csv", pytest.param("jsonl", marks=pytest.mark.skipif(HOST_VERSION < (0, 5), reason="skyarchive 0.5"))]
-)
-def test_an_address_space_limit(posts_12k: Path, tmp_path: Path, format: str) -> None:
+def test_an_address_space_limit(posts_12k: Path, tmp_path: Path) -> None:
     """``ulimit -v``: at the lowest limit (on a grid) where skyarchive alone exports 6,000 posts, the plugin exports
-    too; below it, where neither can, the plugin fails with one line (no crash: orjson, which cannot fail an
-    allocation, is not used under such a limit) and leaves nothing."""
-    options = ("--format", format, "--until", "2025-10-24")  # about 6,000 of the 12,000 posts
+    too; below it, where neither can, the plugin fails with one line and leaves nothing."""
+    options = ("--format", "csv", "--until", "2025-10-24")  # about 6,000 of the 12,000 posts
     seen: dict[int, tuple[Any, Any]] = {}
 
     def host_exports(kb: int) -> bool:
         seen[kb] = both(posts_12k, tmp_path, f"v{kb}", *options, limit=rlimit(resource.RLIMIT_AS, kb << 10))
         return isinstance(seen[kb][0], dict)
 
-    floor = lowest(host_exports, 60_000, 260_000, 20_000)
-    assert floor is not None, "skyarchive alone never exported here: the grid is wrong"
+    assert lowest(host_exports, 60_000, 260_000, 20_000) is not None, "skyarchive alone never exported: a bad grid"
     for host, plugin in seen.values():
         assert_never_worse(host, plugin)
     below = [plugin for host, plugin in seen.values() if isinstance(plugin, str)]
     assert all("MemoryError" in said or "memory" in said.lower() for said in below), below
 
 
+def test_an_address_space_limit_is_never_a_crash(posts_12k: Path, tmp_path: Path) -> None:
+    """Where memory runs out while posts are encoded, a clean MemoryError and nothing left: never a crash
+    (orjson, which cannot fail an allocation and crashes the process instead, is not used under such a limit),
+    on a fine grid across the limits where the export runs out."""
+    format = "jsonl" if HOST_VERSION >= (0, 5) else "json"
+    for kb in range(60_000, 90_001, 2_000):
+        done = export(posts_12k, "plugin.toml", tmp_path / f"v{kb}", "--format", format, "--until", "2025-10-24",
+                      limit=rlimit(resource.RLIMIT_AS, kb << 10))  # fmt: skip
+        outcome(done, tmp_path / f"v{kb}")  # exported, or one line and nothing left; no signal
+
+
 def test_a_file_size_limit(posts_12k: Path, tmp_path: Path) -> None:
-    """``ulimit -f`` just above posts.csv: skyarchive exports (its sort's files fit), and so does the plugin, whose
-    copy of the selection would not fit: it does without one."""
+    """``ulimit -f``, at the lowest limit (on a grid) where skyarchive alone exports to CSV (posts.csv and its
+    sort's files fit): the plugin exports too, without a copy of the selection, which would not fit (it plans
+    without one, rather than find out by trying)."""
     probe = export(posts_12k, "host.toml", tmp_path / "probe", "--format", "csv")
     size = (Path(probe.stdout.strip().splitlines()[-1]) / "posts.csv").stat().st_size
-    host, plugin = both(posts_12k, tmp_path, "f", "--format", "csv",
-                        limit=rlimit(resource.RLIMIT_FSIZE, size + (1 << 20)))  # fmt: skip
-    assert isinstance(host, dict) and assert_never_worse(host, plugin)
+
+    def host_exports(percent: int) -> bool:
+        limit = rlimit(resource.RLIMIT_FSIZE, size * percent // 100)
+        return isinstance(outcome(export(posts_12k, "host.toml", tmp_path / f"h{percent}", "--format", "csv",
+                                         limit=limit), tmp_path, plugin=False), dict)  # fmt: skip
+
+    percent = lowest(host_exports, 100, 200, 5)
+    assert percent is not None, "skyarchive alone never exported: a bad grid"
+    host = export(posts_12k, "host.toml", tmp_path / "host", "--format", "csv")
+    done = export(posts_12k, "plugin.toml", tmp_path / "plugin", "--format", "csv",
+                  limit=rlimit(resource.RLIMIT_FSIZE, size * percent // 100))  # fmt: skip
+    assert outcome(done, tmp_path / "plugin") == outcome(host, tmp_path / "host", plugin=False)
+    assert "no room for a copy" not in done.stderr, done.stderr
 
 
 def stalled_stderr() -> tuple[int, int]:
@@ -198,37 +216,57 @@ def drain(fd: int) -> None:
         pass
 
 
-def test_a_stalled_console_does_not_hold_the_archive(tmp_path: Path) -> None:
-    """Standard error is a pipe nobody reads for 3 s (a terminal paused with Ctrl-S): an archiver inserting a post
-    every 0.1 s beside the export is locked out no longer, and fails no more, than with skyarchive alone."""
-    root = seed(tmp_path, 30_000)
-    db = root / "skyarchive.db"
+@pytest.fixture(scope="module")
+def posts_30k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seed(tmp_path_factory.mktemp("console"), 30_000)
+
+
+def archiver_beside(
+    root: Path, tmp_path: Path, name: str, config: str, *, stall: str = "", limit: Callable[[], None] | None = None
+) -> tuple[float, int]:
+    """Export ``root``'s owner to JSON with ``config`` (under ``limit``) while an archiver inserts a post every
+    0.1 s; the archiver's longest wait and its errors meanwhile. ``stall``: standard error is a pipe nobody
+    reads for 3 s (a terminal paused with Ctrl-S) from the ``start``, or from ``the first line`` on."""
+    report = tmp_path / f"archiver-{name}.json"
+    process = archiver.start_archiver(root / "skyarchive.db", report, did="did:plc:someoneelse", cleanup=True)
+    read, write = stalled_stderr() if stall == "start" else os.pipe()
+    filler = os.dup(write)
     env = {k: v for k, v in os.environ.items() if k != "SKYARCHIVE_CONFIG"}
-    waits: dict[str, float] = {}
-    errors: dict[str, int] = {}
-    for name in ("host", "plugin"):
-        report = tmp_path / f"archiver-{name}.json"
-        process = archiver.start_archiver(db, report, did="did:plc:someoneelse", cleanup=True)
-        read, write = stalled_stderr()
-        try:
-            started = time.monotonic()
-            export_process = subprocess.Popen(
-                [sys.executable, "-m", "skyarchive", "--config", f"{name}.toml", "export", "--did", DEFAULT_DID,
-                 "--format", "json", "--out", str(tmp_path / f"out-{name}")],
-                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=write,
-            )  # fmt: skip
-            os.close(write)
+    try:
+        started = time.monotonic()
+        export_process = subprocess.Popen(
+            [sys.executable, "-m", "skyarchive", "--config", config, "export", "--did", DEFAULT_DID, "--format", "json",
+             "--out", str(tmp_path / f"out-{name}")],
+            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=write, preexec_fn=limit,
+        )  # fmt: skip
+        os.close(write)
+        if stall == "the first line":  # read up to it, then fill the pipe: the export's next line waits
+            while b"\n" not in os.read(read, 1):
+                pass
+            fcntl.fcntl(filler, fcntl.F_SETPIPE_SZ, 4096)
+            os.set_blocking(filler, False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(filler, b"." * 4096)
+        if stall:
             time.sleep(3)  # the console unread
-            drained = threading.Thread(target=drain, args=(read,))
-            drained.start()
-            assert export_process.wait(timeout=120) == 0
-            ended = time.monotonic()
-            drained.join()
-        finally:
-            os.close(read)
-            result = archiver.stop_archiver(process, report)
-        during = [w for at, w in zip(result.attempted_at, result.waits, strict=True) if started <= at <= ended]
-        waits[name] = max(during)
-        errors[name] = len([e for e in result.errors if started <= e.at <= ended])
-    assert errors["plugin"] <= errors["host"], errors
-    assert waits["plugin"] <= waits["host"] + 0.1, waits
+        drained = threading.Thread(target=drain, args=(read,))
+        drained.start()
+        assert export_process.wait(timeout=120) == 0
+        ended = time.monotonic()
+        os.close(filler)
+        drained.join()
+    finally:
+        os.close(read)
+        result = archiver.stop_archiver(process, report)
+    during = [w for at, w in zip(result.attempted_at, result.waits, strict=True) if started <= at <= ended]
+    return max(during), len([e for e in result.errors if started <= e.at <= ended])
+
+
+def test_a_stalled_console_does_not_hold_the_archive(posts_30k: Path, tmp_path: Path) -> None:
+    """An archiver beside an export whose console is stalled is locked out no longer, and fails no more, than with
+    skyarchive alone."""
+    host = archiver_beside(posts_30k, tmp_path, "host", "host.toml", stall="start")
+    plugin = archiver_beside(posts_30k, tmp_path, "plugin", "plugin.toml", stall="start")
+    assert plugin[1] <= host[1], (host, plugin)
+    assert plugin[0] <= host[0] + 0.1, (host, plugin)

@@ -23,7 +23,8 @@ from skyarchive.models import media_table, posts_table
 from skyarchive.seed import DEFAULT_DID, seed_archive
 
 from export_batching_plugin import progress as progress_module
-from export_batching_plugin import worker
+from export_batching_plugin import reading, worker
+from export_batching_plugin.plan import COPY, DIRECT, SPOOL
 from export_batching_plugin.progress import ProgressReporter
 
 from .conftest import plugin_toml
@@ -34,6 +35,7 @@ from .harness import (
     export,
     fail_writing,
     feed_fifo,
+    force_plan,
     insert_rows,
     make_engine,
     post_row,
@@ -300,3 +302,40 @@ def test_no_repeat_at_100_percent(engine: Any, tmp_path: Path, monkeypatch: pyte
     outcome = export(engine, tmp_path, settings={**SETTINGS, "progress_interval": 0.1})
     assert outcome.error is None
     assert outcome.events.count((35, 35)) == 1, outcome.events
+
+
+@pytest.mark.parametrize("source", [COPY, SPOOL, DIRECT])
+def test_the_snapshot_never_waits_on_the_console(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A console that stops taking lines (a terminal paused with Ctrl-S) once the first is out, for 1 s: the read
+    snapshot ends meanwhile (without a spool, once every post is written), and only what is shown waits."""
+    force_plan(monkeypatch, source=source, child=False)
+    monkeypatch.setattr(reading, "Snapshot", Ending)
+    resume = threading.Event()
+    ended_first: list[bool] = []
+
+    def resumed() -> None:
+        ended_first.append(Ending.ended.is_set())
+        resume.set()
+
+    Ending.ended.clear()
+    threading.Timer(1.0, resumed).start()
+    outcome = export(engine, tmp_path, settings=SETTINGS, listener=lambda done, total: done and resume.wait(10))
+    assert outcome.error is None, outcome.error
+    assert ended_first == [True], "the snapshot waited on the console"
+
+
+class Ending(reading.Snapshot):
+    """The read snapshot, saying when it has ended."""
+
+    ended = threading.Event()
+
+    def end(self, *, complete: bool) -> None:
+        super().end(complete=complete)
+        Ending.ended.set()
+
+    def copy_selection(self, *args: Any, **kwargs: Any) -> int:  # which ends the snapshot
+        copied = super().copy_selection(*args, **kwargs)
+        Ending.ended.set()
+        return copied
