@@ -22,8 +22,8 @@ import pytest
 from skyarchive.models import media_table, posts_table
 from skyarchive.seed import DEFAULT_DID, seed_archive
 
+from export_batching_plugin import batched, reading, worker
 from export_batching_plugin import progress as progress_module
-from export_batching_plugin import reading, worker
 from export_batching_plugin.plan import COPY, DIRECT, SPOOL
 from export_batching_plugin.progress import ProgressReporter
 
@@ -295,7 +295,6 @@ def test_a_listener_failing_on_the_heartbeat_fails_the_export(engine: Any, tmp_p
 
 def test_no_repeat_at_100_percent(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A console prints every report at 100%: while the export finishes, the count is not repeated."""
-    from export_batching_plugin import batched
 
     real_sync = batched.sync_tree
     monkeypatch.setattr(batched, "sync_tree", lambda root: (time.sleep(0.4), real_sync(root)))
@@ -311,7 +310,7 @@ def test_the_snapshot_never_waits_on_the_console(
     """A console that stops taking lines (a terminal paused with Ctrl-S) once the first is out, for 1 s: the read
     snapshot ends meanwhile (without a spool, once every post is written), and only what is shown waits."""
     force_plan(monkeypatch, source=source, child=False)
-    monkeypatch.setattr(reading, "Snapshot", Ending)
+    monkeypatch.setattr(batched, "Snapshot", Ending)
     resume = threading.Event()
     ended_first: list[bool] = []
 
