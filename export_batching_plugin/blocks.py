@@ -1,17 +1,9 @@
-"""The batches of an export, from where they wait (the spool) to the encoders: no SQLAlchemy and no host here,
-since the child process imports this too.
+"""Batches, from the spool to the encoders (host-free: the child imports this).
 
-A batch is ``batch_size`` consecutive posts of the export (:class:`Block`); its rows are fetched and encoded in
-chunks of about ``max_batch_bytes`` of stored text (:func:`chunks`), so a batch of huge posts is never held
-whole. Where the rows wait:
-
-- :class:`Copy`: SQLite's own copy of the selection (a database file of the export's), made in the order the
-  archive stores the rows and sorted afterwards (:meth:`Copy.sort`, outside the read snapshot): a batch is a
-  range of positions in that order;
-- :class:`Spool`: rows as another database streams them, in export order: each chunk marshalled and appended
-  to a file, a batch being a byte range of it.
-
-:class:`BatchFailed` is the one carrier of "batch N failed", from any thread or process.
+A batch is ``batch_size`` consecutive posts (:class:`Block`), fetched and encoded in chunks of about
+``max_batch_bytes`` of stored text (:func:`chunks`). They wait in SQLite's copy of the selection
+(:class:`Copy`, sorted after the snapshot into a table of positions) or in a file of rows streamed in export
+order (:class:`Spool`). :class:`BatchFailed` is the one carrier of "batch N failed", from any thread or process.
 """
 
 from __future__ import annotations

@@ -1,31 +1,17 @@
 """posts.csv lines without csv.writer, byte-identical to it (excel dialect, QUOTE_MINIMAL).
 
-The host writes posts.csv with ``csv.writer`` (excel: delimiter ``,``,
-quotechar ``"``, doublequote, no escapechar, lineterminator ``\\r\\n``,
-QUOTE_MINIMAL). For a row of two or more fields, CPython 3.10-3.13 write each
-field as follows (probed on each; ``tests/test_csv_lines.py`` proves the
-encoder equal to csv.writer on every version of the tox matrix):
+For a row of two or more fields, CPython 3.10-3.13's csv.writer writes each field so (``tests/test_csv_lines.py``
+proves the encoder equal to it on every version of the tox matrix): its text is the value itself for a ``str``,
+nothing for ``None``, else ``str(value)`` (floats as repr, ``b'..'`` for bytes, a ``str`` subclass as its
+characters); it is quoted (``"`` around it, each ``"`` inside doubled) if and only if it contains ``,`` ``"``
+``\\r`` or ``\\n`` (never an empty field, spaces, tabs, U+2028, number-like text); NUL is written as is on 3.11+,
+while 3.10's csv.writer raises on it (cpython#97503).
 
-- its text is the value itself for a ``str``, nothing for ``None``, else
-  ``str(value)`` (floats as repr: ``1e-07``, ``nan``, ``-0.0``; ``True``;
-  ``b'..'`` for bytes; a ``str`` subclass as its characters);
-- the field is quoted (``"`` around it, each ``"`` inside doubled) if and only
-  if its text contains ``,`` ``"`` ``\\r`` or ``\\n``; nothing else is ever
-  quoted: not empty fields, leading or trailing spaces, tabs, U+2028,
-  non-BMP characters, lone surrogates, text that looks like a number;
-- NUL (``\\x00``): written as is, unquoted, on 3.11+; 3.10's csv.writer raises
-  ``_csv.Error: need to escape, but no escapechar set`` (cpython#97503).
-
-Why: csv.writer copies every character into a buffer of its own, whatever it
-writes to; the lines built here cost about a third of its time (docs/benchmarks.md, "Measurements behind the design").
-
-:func:`posts_csv_encoder` quotes the text column (and MediaFiles, Labels) row
-by row, and builds each line with one f-string. The other columns (URIs, CIDs,
-DIDs, timestamps, ReplyParent, EmbedType, the counts) never need quoting in
-practice; that is checked in bulk once per batch, in C (:func:`plain_columns`),
-and a batch that fails the check (a comma in a URI, bytes or a REAL in a
-column, a NUL on 3.10) is written by csv.writer itself: so the output is
-csv.writer's for any values.
+Why: csv.writer copies every character into a buffer of its own; these lines cost about a third of its time
+(docs/benchmarks.md, "Measurements behind the design"). :func:`posts_csv_encoder` quotes the text column (and
+MediaFiles, Labels) row by row and builds each line with one f-string; the other columns never need quoting in
+practice, which is checked in bulk once per batch, in C (:func:`plain_columns`), a batch that fails the check
+being written by csv.writer itself: so the output is csv.writer's for any values.
 """
 
 from __future__ import annotations

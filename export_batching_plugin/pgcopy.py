@@ -1,27 +1,16 @@
-"""posts.csv from PostgreSQL's own CSV writer: ``COPY (…) TO STDOUT (FORMAT csv)`` (psycopg 3).
+"""posts.csv from PostgreSQL's own CSV writer: ``COPY (…) TO STDOUT (FORMAT csv)`` (psycopg 3): the query, and
+its rows as libpq hands them over (one ``bytes`` each, spooled as they come).
 
-PostgreSQL quotes a CSV value exactly when csv.writer does (it holds the
-delimiter, the quote, CR or LF; quotes inside are doubled), and its text can
-hold no NUL. It differs in three ways, all handled in the query: it quotes an
-empty string (its NULL is written as nothing, so empty strings are sent as
-NULL), it writes booleans as ``t``/``f`` (the query writes ``true``/``false``),
-and it ends lines with ``\\n`` (replaced here by ``\\r\\n``).
-
-The two fields that come from JSON, MediaFiles and Labels, are computed here
-with the fast path's own functions (the host's ``media_hashes`` and
-``label_values``). Each COPY row starts with four fields: for a post without
-embed or labels (most), ``0,,,,`` and then the host's line exactly (with
-MediaFiles and Labels empty); otherwise ``1``, the embed and the labels in hex
-(so that no quoting can change them), and the byte length of what follows the
-empty MediaFiles field, where the MediaFiles field is put in; Labels is added
-at the end.
-
-Why: the server's CSV writer is C, and the client then only splices in two
-fields; faster than tuples and lines built in Python (docs/benchmarks.md, "Measurements behind the design").
-
-Used only when the fast encoders passed the self-check (so the host writes
-posts.csv as this module assumes), with psycopg 3 (psycopg2's ``copy_expert``
-cannot be read a batch at a time), and a UTF-8 client encoding.
+PostgreSQL quotes a CSV value exactly when csv.writer does (it holds the delimiter, the quote, CR or LF; quotes
+inside doubled), and its text can hold no NUL. It differs in three ways, handled in the query: it quotes an
+empty string (so empty strings are sent as NULL, which it writes as nothing), writes booleans as ``t``/``f``
+(the query writes ``true``/``false``), and ends lines with ``\\n``. Each row starts with four fields: ``0,,,,``
+and then the host's line exactly, for a post without embed or labels (most); otherwise ``1``, the embed and the
+labels in hex (so that no quoting can change them), and the byte length of what follows the empty MediaFiles
+field, where :func:`.csvlines.copy_lines_encoder` puts MediaFiles in; it adds Labels at the end. Why: the
+server's CSV writer is C (docs/benchmarks.md, "Measurements behind the design"). Used only with fast encoders
+that passed the self-check, psycopg 3 (psycopg2's ``copy_expert`` cannot be read a batch at a time), and a
+UTF-8 client encoding.
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
-"""Encoders on both cores, one ordered writer: the export's side of :mod:`.worker`.
+"""Encoders on both cores, one ordered writer: the export's side of :mod:`.worker` (docs/how-it-works.md,
+"One spool, both cores, one writer").
 
-The batches wait in the spool (:mod:`.blocks`). Where a child process could be started (and said it was ready
-within :data:`READY_TIMEOUT` of its start, before the read snapshot opened), the child is the one writer of the
-posts file: it encodes the batches the export gives it (at most :data:`DEPTH` ahead of what it has written),
-and writes, in batch order, its own and those the export encoded meanwhile and handed over through the command
-pipe. So both cores encode, the file is written once, in order, and hashed as it is (the child's, see
-:mod:`.worker`). Without a child (a task limit, a sandbox, an interpreter that does not answer, a small
-selection, ``encoder_process = false``), the export encodes and writes every batch itself.
+Where a child process could be started (and said it was ready within :data:`READY_TIMEOUT` of its start, before
+the snapshot opened), it is the one writer of the posts file: it encodes the batches it is given (at most
+:data:`DEPTH` ahead of what it has written) and writes them, in order, with those the export encoded meanwhile
+and handed over. Without one, the export encodes and writes every batch itself.
 
-A spool the database streams into (PostgreSQL) grows while the snapshot is open: meanwhile the child encodes
-and writes what is there (:meth:`Pipeline.put`), and the export, which is reading, does nothing else; once the
-snapshot has ended it encodes too (:meth:`Pipeline.drain`).
-
-**The child runs only the plugin's code.** ``python -m`` would put the current directory first on ``sys.path``
-(a ``random.py`` there would run in it): it is started isolated instead (``python -I``: no current or script
-directory on ``sys.path``, no ``PYTHON*`` variables, no user site-packages), in ``/``, with the folders its
-imports come from (the plugin's, orjson's, simplejson's, as this process found them: a plugin put on
-``sys.path`` by hand works too) appended after the standard library. It has a session of its own (Ctrl-C at
-the terminal does not reach it: the export stops it), killed as one process group with anything it started.
+The child runs only the plugin's code: started isolated (``python -I``: no current directory on ``sys.path``,
+no ``PYTHON*`` variables), in ``/``, with the folders its imports come from appended; in a session of its own
+(Ctrl-C does not reach it), killed as one process group with anything it started.
 """
 
 from __future__ import annotations
@@ -36,12 +27,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from .blocks import BatchFailed, Block, Chunk, Copy, Spool, _write_all
-from .worker import COMMAND, PIECE, Framing, Recipe, Writer, encoded, recipe_config
+from .worker import COMMAND, Framing, Recipe, Writer, encoded, gathered
 
 log = logging.getLogger("export_batching_plugin")
 #: How long the child may take from its start to say it is ready before the export does without it (s).
@@ -166,18 +158,11 @@ class Child:
         self._send(COMMAND.pack(b"E", block.number, block.first, block.count, block.offset, block.length))
 
     def write(self, pieces: Iterable[Any], *, batch: Block | None = None, posts: int = 0) -> None:
-        """Hand it bytes (of ``batch``, completing ``posts``) to write after what it has been given, in pieces of
-        about PIECE."""
-        where = (batch.number, batch.first, batch.count) if batch is not None else (0, 0, 0)
-        held: list[Any] = []
-        size = 0
-        for piece in pieces:
-            held.append(piece)
-            size += len(piece)
-            if size >= PIECE:
-                self._send(COMMAND.pack(b"B", where[0], 0, size, *where[1:]), *held)
-                held, size = [], 0
-        self._send(COMMAND.pack(b"B", where[0], posts, size, *where[1:]), *held)
+        """Hand it bytes (of ``batch``, completing ``posts``) to write after what it has been given."""
+        number, first, count = (batch.number, batch.first, batch.count) if batch is not None else (0, 0, 0)
+        for held, size in gathered(pieces):
+            self._send(COMMAND.pack(b"B", number, 0, size, first, count), *held)
+        self._send(COMMAND.pack(b"B", number, posts, 0, first, count))  # the posts they complete
 
     def settle(self, batch: int) -> None:
         """Wait until it has written every batch up to ``batch`` it was given (raising its failure, if any)."""
@@ -295,11 +280,11 @@ class Pipeline:
         self.source = self.child = None
         self._write = self._writer.write
 
-    @classmethod
-    def child_config(cls, recipe: Recipe, *, source: Copy | Spool, writer: Writer, budget: int) -> dict[str, Any]:
+    @staticmethod
+    def child_config(recipe: Recipe, *, source: Copy | Spool, writer: Writer, budget: int) -> dict[str, Any]:
         """The child's configuration (the descriptors it is handed keep their numbers)."""
         where = {"copy": source.path} if isinstance(source, Copy) else {"spool": source.path}
-        return {"recipe": recipe_config(recipe), **where, "posts": writer.fd, "path": writer.path,
+        return {"recipe": asdict(recipe), **where, "posts": writer.fd, "path": writer.path,
                 "checksums": writer.checksums, "budget": budget}  # fmt: skip
 
     def put(self, block: Block) -> None:

@@ -1,21 +1,7 @@
-"""The plan of one export, made in one place before the read snapshot opens, and logged once (INFO, with why).
-
-Where the rows come from and wait (:data:`COPY`, :data:`SPOOL` or :data:`DIRECT`), who encodes them (this
-process alone, or with a child process on the second core), and what the export may use: helper threads, orjson.
-Each choice follows what the archive and the process allow:
-
-- **the source**: SQLite is copied into a database file of the export's own (the copy is the spool); another
-  database streams its rows into a spool file. Either waits in a private directory in TMPDIR, or beside the
-  export when TMPDIR is held in memory (a tmpfs), so that it never counts against a memory limit. Where that
-  directory lacks the room (its free space, and the file-size limit of ``ulimit -f``) or the process lacks the
-  descriptors, there is no spool: the rows are encoded as they are read, and the archive is held as long as
-  skyarchive alone would hold it.
-- **the second core**: a child process (:mod:`.pipeline`) for 10,000 posts and more (below, it takes longer to
-  start than it saves), where ``encoder_process`` is on, the fast encoders passed the self-check, and there is
-  a spool for it to read.
-- **an address-space limit** (``ulimit -v``): no child, no helper threads (each reserves a stack), and no orjson,
-  which crashes the process when an allocation fails: the export runs as skyarchive alone would, failing with
-  MemoryError where that fails.
+"""The plan of one export, made in one place before the read snapshot opens, and logged once at INFO with why:
+where the rows wait (:data:`COPY`, :data:`SPOOL` or :data:`DIRECT`), whether a child process encodes too, and
+whether helper threads and orjson may be used; each as the archive and the process allow (free space in the
+spool's folder, ``ulimit -f``, ``-n``, ``-v``). The table of choices: docs/how-it-works.md, "The plan".
 """
 
 from __future__ import annotations

@@ -1,29 +1,15 @@
 """Progress, as the user sees it: one count (posts exported), what the export is doing in words beside it, and
-a console line at least every ``interval`` seconds.
+a console line at least every ``interval`` seconds (docs/how-it-works.md, "Progress").
 
-Reports go to the host's progress channel: ``update(processed, total)`` (0.3: ``job.report_progress``, 0.4 and
-0.5: ``progress.update``), which skyarchive shows as a tqdm bar on a terminal and otherwise as plain lines, at
-most one per 5 s, and always when ``processed`` reaches ``total``; and, from skyarchive 0.5, ``status(text)``:
-a line saying what the export is doing, shown beside the bar or as a plain ``export: <text>`` line.
-
-- **The count** is reported after every batch. The report that reaches the total comes at least
-  :data:`MIN_GAP` after the one before it: tqdm draws nothing for an update within its minimum interval of the
-  last one it drew, and the bar would stay short of 100%.
-- **Nothing the console does reaches the archive.** While a read snapshot is open (:meth:`quiet`), the export
-  only records what is new: no call to the channel, no log line, no lock a stalled console could hold. A
-  paused terminal or a full pipe then delays what the user sees, never the archive.
-- **A heartbeat thread** hands over what the export recorded meanwhile, and, whenever a ``tick`` passed without
-  a report, repeats the count (so that a console throttled to one line per ``interval`` prints its next line a
-  tick late at most) or, where the host has a status channel, says what the export is doing (its console
-  redraws the bar itself). Once every post is written the count is not repeated (a console prints every report
-  at 100%): older hosts, without a status channel, get the status logged instead when ``interval`` would
-  otherwise pass without a line (``export_batching: all 6,000 posts written; syncing to disk``), at WARNING
-  (the level skyarchive's console shows) when standard error is not a terminal, else at INFO (a log line would
-  break the bar). Where no thread can be started (a container's task limit), the export's own thread does the
-  heartbeat's work from its waiting loops (:meth:`beat`), outside read snapshots.
-
-If the host's channel raises on the heartbeat's thread, nothing more is reported and the export's next report
-raises the same exception, as it would have on its own thread.
+The count is reported after every batch, the one that reaches the total at least :data:`MIN_GAP` after the one
+before it (tqdm draws nothing for an update within its minimum interval of the last one it drew). While a read
+snapshot is open (:meth:`ProgressReporter.quiet`) the export only records it: a stalled console never holds the
+archive. A heartbeat thread hands over what was recorded, repeats the count after a ``tick`` without a report
+(the console prints its next line on time), says what the export is doing where the host has a status channel
+(0.5), and otherwise, once every post is written, logs it when ``interval`` would pass without a line (WARNING
+where standard error is no terminal: the level skyarchive's console shows). Where no thread can be started, the
+export does that from its waiting loops (:meth:`ProgressReporter.beat`). If the host's channel raises on the
+heartbeat's thread, the export's next report raises it.
 """
 
 from __future__ import annotations

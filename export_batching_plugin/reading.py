@@ -64,7 +64,7 @@ class Snapshot:
         """End the transaction if it is still open, give the connection back; never raises (the failure that
         stopped the reading is told)."""
         with suppress(BaseException):
-            self.close()
+            self.end(complete=False)
 
     @classmethod
     def open(cls, engine: Engine, *, copy_to: str | None = None, room: int = 0) -> Snapshot:
@@ -147,10 +147,6 @@ class Snapshot:
                 with suppress(Exception):
                     self._root.invalidate()
             self._root.close()
-
-    def close(self) -> None:
-        """End the transaction if it is open (no copy kept), give the connection back."""
-        self.end(complete=False)
 
 
 def _copy_table(table: Any) -> Table:

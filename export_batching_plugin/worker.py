@@ -1,21 +1,13 @@
-"""Encoding batches and writing the posts file, in the export's process and in its child (:func:`main`).
+"""Encoding a batch and writing the posts file, in the export's process and in its child (:func:`main`).
 
-No skyarchive and no SQLAlchemy here: the child imports this module (and :mod:`.blocks`, :mod:`.jsonenc`,
-:mod:`.csvlines`) and starts in a few tens of milliseconds. Both processes build the same encoders from one
-:class:`Recipe` (the installed host's options, after the self-check of :mod:`.selfcheck` proved them equal to
-its own functions), and frame each batch the same way (:class:`Framing`): a batch's bytes depend only on its
-rows and its number, so either process may encode any batch.
+Host-free (the child imports no skyarchive, no SQLAlchemy). Both processes build the same encoders from one
+:class:`Recipe` (the host's options, after :mod:`.selfcheck` proved them equal to its functions) and frame a
+batch the same way: its bytes depend only on its rows and its place, so either may encode any batch.
 
-The child (``python -I -c … export_batching_plugin.worker CONFIG``, started by :mod:`.pipeline`) is the one
-ordered writer of the posts file while it runs. It reads commands from the export, in batch order:
-
-- ``E``: encode a batch from the spool (:class:`.blocks.Copy` or :class:`.blocks.Spool`) and write it;
-- ``B``: bytes the export encoded itself (a batch, or the file's framing): write them as they come;
-- ``Z``: the end: sync the file.
-
-and answers on a status pipe, one line each: ``ready``, ``written BATCH POSTS`` (after each batch), ``done
-SHA256`` (``done -`` without checksums) or ``failed JSON`` (:meth:`.blocks.BatchFailed.message`). End of the
-command pipe before ``Z`` means the export has stopped: it exits at once.
+The child reads commands from the export, in batch order: ``E`` (encode a batch from the spool and write it),
+``B`` (bytes the export encoded: write them), ``Z`` (the end); it answers one line each on a status pipe:
+``ready``, ``written BATCH POSTS``, ``done SHA256`` (``done -`` without checksums) or ``failed JSON``. The end
+of the command pipe before ``Z`` means the export has stopped: it exits.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ import os
 import signal
 import struct
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .blocks import BatchFailed, Block, Chunk, Copy, Spool, _write_all
@@ -122,6 +114,20 @@ class Framing:
         return b"\n]\n" if posts else b"[]\n"
 
 
+def gathered(pieces: Iterable[Any]) -> Iterator[tuple[list[Any], int]]:
+    """``pieces`` (bytes-like) in runs of about PIECE bytes, each with its length."""
+    held: list[Any] = []
+    size = 0
+    for piece in pieces:
+        held.append(piece)
+        size += len(piece)
+        if size >= PIECE:
+            yield held, size
+            held, size = [], 0
+    if held:
+        yield held, size
+
+
 class Writer:
     """The posts file (an open descriptor), written in order, a piece of about PIECE at a time, and hashed as
     it goes (with checksums); ``on_written(batch, posts)`` after each batch."""
@@ -134,15 +140,7 @@ class Writer:
 
     def write(self, pieces: Iterable[Any], *, batch: Block | None = None, posts: int = 0) -> None:
         """Write ``pieces`` (bytes-like, of ``batch``); then, if they complete ``posts`` posts, say so."""
-        held: list[Any] = []
-        size = 0
-        for piece in pieces:
-            held.append(piece)
-            size += len(piece)
-            if size >= PIECE:
-                self._put(held)
-                held, size = [], 0
-        if held:
+        for held, _ in gathered(pieces):
             self._put(held)
         if posts:
             self.posts += posts
@@ -218,7 +216,8 @@ def _serve(config: dict[str, Any], say: Callable[[str], None]) -> None:
                 while length:
                     data = _read(commands, min(length, PIECE))
                     length -= len(data)
-                    writer.write([data], batch=batch, posts=posts if not length else 0)
+                    writer.write([data], batch=batch)
+                writer.write((), batch=batch, posts=posts)
             except OSError as exc:
                 raise BatchFailed(batch.span if batch else None, exc) from None
         else:
@@ -249,8 +248,3 @@ def main(argv: list[str]) -> int:
             say("failed " + json.dumps(BatchFailed(None, exc).message()))
         return 1
     return 0
-
-
-def recipe_config(recipe: Recipe) -> dict[str, Any]:
-    """``recipe`` as the child's config holds it."""
-    return asdict(recipe)
