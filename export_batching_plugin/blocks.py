@@ -17,7 +17,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: The posts table's columns, in schema order (host.py checks them against the installed host).
+#: The posts table of skyarchive's documented schema, in column order (the key order of posts.json; host.py checks
+#: them against the installed host).
 POST_COLUMNS = (
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
     "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type", "embed_data", "labels", "archived_at",

@@ -40,11 +40,8 @@ from skyarchive.export import (  # noqa: F401 - imported to fail early if missin
 # -- undocumented: the tables (their schema is the documented one), the per-field helpers -------
 from skyarchive.models import media_table, posts_table
 
-#: The posts table of skyarchive's documented schema, in column order (the key order of posts.json).
-POST_COLUMNS = (
-    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
-    "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type", "embed_data", "labels", "archived_at",
-)  # fmt: skip
+from .blocks import POST_COLUMNS
+
 MEDIA_COLUMNS = (
     "hash", "post_uri", "mime_type", "file_path", "size_bytes", "width", "height", "alt_text", "created_at",
 )  # fmt: skip

@@ -93,35 +93,27 @@ class Child:
         """Start the child and wait for it to say it is ready; None (logged at INFO) where it cannot start or
         does not answer in time: the export then does the work itself."""
         opened: list[int] = []
+        errors: IO[bytes] | None = None
         try:
-            commands_read, commands_write = os.pipe()
-            opened += [commands_read, commands_write]
-            status_read, status_write = os.pipe()
-            opened += [status_read, status_write]
+            opened += [*os.pipe(), *os.pipe()]
+            commands_read, commands_write, status_read, status_write = opened
             with contextlib.suppress(OSError):
                 fcntl.fcntl(commands_write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        except OSError as exc:  # EMFILE, ENFILE: too few descriptors for it
-            for fd in opened:
-                os.close(fd)
-            log.info("export_batching: no encoder process (%s); encoding here", exc.strerror or exc)
-            return None
-        config = {**config, "commands": commands_read, "status": status_write}
-        try:
+            config = {**config, "commands": commands_read, "status": status_write}
             process = spawn(
                 "export_batching_plugin.worker", [json.dumps(config)],
                 pass_fds=(*pass_fds, commands_read, status_write), stderr=errors,
             )  # fmt: skip
-        except (OSError, RuntimeError, ValueError) as exc:  # EAGAIN under a task limit; no executable
-            log.info("export_batching: cannot start the encoder process (%s); encoding here", exc)
+        except (OSError, RuntimeError, ValueError) as exc:  # too few descriptors, a task limit, no executable
             for fd in opened:
                 os.close(fd)
-            errors.close()
+            if errors is not None:
+                errors.close()
+            log.info("export_batching: cannot start the encoder process (%s); encoding here", exc)
             return None
-        finally:
-            for fd in (commands_read, status_write):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        os.close(commands_read)
+        os.close(status_write)
         os.set_blocking(status_read, False)
         made = cls(process, commands_write, status_read, errors, post_error)
         if made._wait_ready():
