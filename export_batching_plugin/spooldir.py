@@ -10,67 +10,35 @@ end, but none left by others is touched: nobody could tell a running export's fr
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import logging
 import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-log = logging.getLogger("export_batching_plugin")
+from .staging import _lock, remove_tree, unheld_directories
+
 PREFIX = "export-batching-"
 _NAME = re.compile(rf"^{PREFIX}[a-z0-9_]{{8}}$")
 #: A directory younger than this is never taken for stale (its export may not have locked it yet).
 _YOUNG = 60.0
 
 
-def _locked(path: str) -> int | None:
-    """An fd of the directory ``path`` holding its exclusive lock; None if another process holds it. Raises
-    OSError where locks are refused."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _remove_stale(where: Path) -> None:
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(where):
-            if (
-                _NAME.match(entry.name)
-                and entry.is_dir(follow_symlinks=False)
-                and time.time() - entry.stat(follow_symlinks=False).st_mtime > _YOUNG
-            ):
-                with contextlib.suppress(OSError):
-                    fd = _locked(entry.path)
-                    if fd is not None:
-                        try:
-                            shutil.rmtree(entry.path)
-                        finally:
-                            os.close(fd)
-
-
 @contextlib.contextmanager
 def private_directory(where: Path) -> Iterator[Path]:
     """A new private directory in ``where``, locked while in use and removed on the way out."""
-    path = tempfile.mkdtemp(prefix=PREFIX, dir=where)
+    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=where))
     try:
-        fd = _locked(path)
+        fd = _lock(path)
     except OSError:
         fd = None  # locks refused: ours is removed at the end all the same
     else:
-        _remove_stale(where)
+        with contextlib.suppress(OSError):
+            for stale, _held in unheld_directories(where, _NAME, _YOUNG):
+                remove_tree(stale)
     try:
-        yield Path(path)
+        yield path
     finally:
         with contextlib.suppress(Exception):  # never raises: the export's own error is told (a leftover: see above)
             shutil.rmtree(path, ignore_errors=True)

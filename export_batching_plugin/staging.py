@@ -39,7 +39,8 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -175,34 +176,34 @@ def _remove_stale(path: Path, fd: int) -> OSError | None:
     return error
 
 
-def remove_stale_staging(folder: Path) -> list[Path]:
-    """Remove the staging directories in ``folder`` that no export holds; return those removed.
-
-    Only entries named exactly like a staging directory that are real
-    directories (not symlinks) and whose lock nobody holds are touched, and
-    only inside ``folder``. Each is removed while this process holds its lock.
-    """
-    removed: list[Path] = []
+def unheld_directories(folder: Path, name: re.Pattern[str], young: float = 0) -> Iterator[tuple[Path, int]]:
+    """The real directories (not symlinks) in ``folder`` named like ``name`` whose lock nobody holds, none
+    modified in the last ``young`` seconds; each with an fd holding its lock until the next is asked for."""
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
-        return removed
+        return
     for entry in entries:
-        if not _STAGING.match(entry.name) or not entry.is_dir(follow_symlinks=False):
+        if not name.match(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
-        path = Path(entry.path)
+        if young and time.time() - entry.stat(follow_symlinks=False).st_mtime <= young:
+            continue
         try:
-            fd = _lock(path)
+            fd = _lock(Path(entry.path))
         except OSError:
             continue  # gone meanwhile, or not a directory after all
         if fd is None:
             continue  # a running export's
         try:
-            if _remove_stale(path, fd) is None:
-                removed.append(path)
+            yield Path(entry.path), fd
         finally:
             os.close(fd)
-    return removed
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging directories in ``folder`` that no export holds, each while holding its lock; return
+    those removed."""
+    return [path for path, fd in unheld_directories(folder, _STAGING) if _remove_stale(path, fd) is None]
 
 
 def rename_noreplace(source: Path, target: Path) -> None:
