@@ -88,35 +88,25 @@ def check_folder_name(did: str) -> None:
         raise UsageError(f"--did {did!r} cannot name a folder inside the exports folder; nothing was exported")
 
 
-def _libc_function(name: str) -> Callable[..., int] | None:
-    try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):  # pragma: no cover - glibc on Linux has them
-        return None
-    return function
-
-
-_syncfs = _libc_function("syncfs")
-_renameat2 = _libc_function("renameat2")
+_libc = ctypes.CDLL(None, use_errno=True)  # dlopen(NULL): the running program, libc included; never fails
+_syncfs: Callable[..., int] | None = getattr(_libc, "syncfs", None)  # None where libc lacks it: fallbacks below
+_renameat2: Callable[..., int] | None = getattr(_libc, "renameat2", None)
 
 
 def _lock(path: Path) -> int | None:
     """An fd of the directory ``path`` holding its exclusive lock, or None if another process holds it.
-
-    Raises FileNotFoundError when ``path`` is gone, or was replaced while it was being locked; OSError when
-    it is not a directory (a symlink, say) or cannot be locked.
-    """
+    FileNotFoundError if ``path`` is gone or was replaced while it was being locked; OSError if it is not a
+    directory (a symlink, say) or cannot be locked."""
     fd = os.open(path, _DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         here, mine = os.lstat(path), os.fstat(fd)
         if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
             raise FileNotFoundError(errno.ENOENT, "replaced while it was being locked", str(path))
-    except BlockingIOError:
+    except BaseException as error:
         os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
+        if isinstance(error, BlockingIOError):
+            return None
         raise
     return fd
 
@@ -144,16 +134,12 @@ def _can_lock(folder: Path) -> bool:
 
 
 def remove_tree(path: Path) -> OSError | None:
-    """Remove the directory ``path`` and everything in it; the error that stopped it, or None.
-
-    ``shutil.rmtree`` never follows symlinks inside the tree.
-    """
+    """Remove the directory ``path`` and everything in it, never following symlinks inside (``shutil.rmtree``);
+    the error that stopped it, or None (also where it is gone)."""
     try:
         shutil.rmtree(path)
-    except FileNotFoundError:
-        return None
     except OSError as exc:
-        return exc
+        return None if isinstance(exc, FileNotFoundError) else exc
     return None
 
 
@@ -298,11 +284,10 @@ def _fsync_directory(path: Path) -> OSError | None:
 def _make_folder(folder: Path) -> bool:
     """Make the owner's folder ``folder`` (and the exports folder) where missing; whether this made ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with suppress(FileExistsError):
         folder.mkdir()
-    except FileExistsError:
-        return False
-    return True
+        return True
+    return False
 
 
 class Staging:
