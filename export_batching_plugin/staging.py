@@ -219,14 +219,11 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 
 def sync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk.
-
-    Linux: one ``syncfs`` of the filesystem that holds ``root`` (it also flushes other files there; on a
-    filesystem with little else being written that costs nothing, and it commits the journal once instead
-    of once per file). Where it is refused (a sandbox: EPERM, EACCES, ENOSYS), and elsewhere: an ``fsync``
-    of each file and directory, said once at INFO (only speed is lost). A directory's fsync that is refused
-    is left out here: :func:`fsync_directory` of the export's folder says so.
-    """
+    """Flush every file and directory under ``root`` to disk: one ``syncfs`` of its filesystem (it flushes other
+    files there too, which costs nothing where little else is written, and commits the journal once instead of
+    once per file). Where that is refused (a sandbox) or missing: an ``fsync`` of each file and directory, said
+    once at INFO where refused (only speed is lost); a directory's refused fsync is left to
+    :func:`fsync_directory` of the export's folder to say."""
     refused = None
     if _syncfs is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -246,7 +243,7 @@ def sync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_directory(Path(folder))
+        fsync_directory(Path(folder), quiet=True)
     if refused is not None:
         log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
 
@@ -255,30 +252,23 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-def fsync_directory(path: Path) -> None:
-    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the
-    names are not known to be on disk) rather than fail."""
-    refused = _fsync_directory(path)
-    if refused is not None:
-        log.warning(
-            "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if the"
-            " system stops before it writes them",
-            refused.strerror, path,
-        )  # fmt: skip
-
-
-def _fsync_directory(path: Path) -> OSError | None:
-    """fsync the directory ``path``; the error if that is refused, None if done."""
+def fsync_directory(path: Path, *, quiet: bool = False) -> None:
+    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the names
+    are not known to be on disk) rather than fail, unless ``quiet``."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     except OSError as exc:
         if exc.errno not in _NO_DIRECTORY_SYNC:
             raise
-        return exc
+        if not quiet:
+            log.warning(
+                "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if"
+                " the system stops before it writes them",
+                exc.strerror, path,
+            )  # fmt: skip
     finally:
         os.close(fd)
-    return None
 
 
 def _make_folder(folder: Path) -> bool:
