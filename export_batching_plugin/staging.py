@@ -297,10 +297,14 @@ class Staging:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        """Release a published directory; remove any other (never raises: the export's own error is told)."""
+        """Release a published directory; remove any other, and the owner's folder if this export made it and it
+        is left empty (never raises: the export's own error is told)."""
         try:
             if not self.published():
-                self.removal_error = self.remove()
+                self.removal_error = remove_tree(self.path)
+                self.release()
+                if self.made_folder:
+                    _remove_if_empty(self.path.parent)
         except BaseException as error:  # an interrupt while removing: the removal is still reported
             self.removal_error = error if isinstance(error, OSError) else OSError(str(error) or type(error).__name__)
         finally:
@@ -309,10 +313,8 @@ class Staging:
     @classmethod
     def create(cls, final: Path) -> Staging:
         """Claim ``final``'s name: remove stale staging beside it, then make and lock its staging directory.
-
-        Raises :class:`ExportClash` if ``final`` exists or another export holds the claim; FileExistsError if
-        something else (a symlink, a file) sits at the staging name: it is never written through.
-        """
+        ExportClash if ``final`` exists or another export holds the claim; FileExistsError if something else (a
+        symlink, a file) sits at the staging name: it is never written through."""
         parent, path = final.parent, final.parent / f".{final.name}.staging-export"
         made = _make_folder(parent)
         try:
@@ -342,9 +344,7 @@ class Staging:
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise  # planted: never followed, never removed
-            if not locking:
-                raise ExportClash(final, exists=False) from None  # nobody can tell whether it runs
-            held = _lock(path)
+            held = _lock(path) if locking else None  # without locks, nobody can tell whether its export runs
             if held is None:
                 raise ExportClash(final, exists=False) from None
             try:
@@ -364,14 +364,12 @@ class Staging:
             with suppress(OSError):
                 os.rmdir(path)
             raise
-        if fd is None:  # locked between our mkdir and our lock: by a claimer, or by cleanup about to remove it
-            return None  # look again
-        if os.path.lexists(final):  # published by an export that had the claim before
+        if fd is not None and os.path.lexists(final):  # published by an export that had the claim before
             with suppress(OSError):
                 os.rmdir(path)  # while it is still ours
             os.close(fd)
             raise ExportClash(final, exists=True)
-        return fd
+        return fd  # None: locked between our mkdir and our lock (by a claimer, or cleanup about to remove it)
 
     def published(self) -> bool:
         """Whether the final name is this staging directory now (it was renamed into place)."""
@@ -389,15 +387,6 @@ class Staging:
         if self._marked and self._fd is not None:  # in place: the mark has done its work
             with suppress(OSError):
                 os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) & ~_UNLOCKED)
-
-    def remove(self) -> OSError | None:
-        """Remove the staging directory (after a failure), and the owner's folder if this export made it and it
-        is left empty; the error that stopped it, or None."""
-        error = remove_tree(self.path)
-        self.release()
-        if self.made_folder:
-            _remove_if_empty(self.path.parent)
-        return error
 
     def release(self) -> None:
         """Drop the lock, when the staging directory is published or removed (again: nothing)."""
