@@ -100,8 +100,7 @@ def _lock(path: Path) -> int | None:
     fd = os.open(path, _DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        here, mine = os.lstat(path), os.fstat(fd)
-        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+        if not os.path.samestat(os.lstat(path), os.fstat(fd)):
             raise FileNotFoundError(errno.ENOENT, "replaced while it was being locked", str(path))
     except BaseException as error:
         os.close(fd)
@@ -177,13 +176,12 @@ def unheld_directories(folder: Path, name: re.Pattern[str], young: float = 0) ->
         try:
             fd = _lock(Path(entry.path))
         except OSError:
-            continue  # gone meanwhile, or not a directory after all
-        if fd is None:
-            continue  # a running export's
-        try:
-            yield Path(entry.path), fd
-        finally:
-            os.close(fd)
+            fd = None  # gone meanwhile, or not a directory after all
+        if fd is not None:  # None: held by a running export, or gone
+            try:
+                yield Path(entry.path), fd
+            finally:
+                os.close(fd)
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
@@ -238,11 +236,8 @@ def sync_tree(root: Path) -> None:
         refused = os.strerror(code)
     for folder, _dirs, files in os.walk(root, onerror=_raise):
         for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(os.path.join(folder, name), "rb") as file:
+                os.fsync(file.fileno())
         fsync_directory(Path(folder), quiet=True)
     if refused is not None:
         log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
