@@ -1,10 +1,9 @@
 """The spool's private directory: ``export-batching-<random>`` in the folder the plan chose (:mod:`.plan`).
 
-It holds the copy of the selection (SQLite) or the spool file, readable by the export's child process by path.
-The export holds a lock on it (``flock``) for its whole life and removes it at the end, whatever happens; one
-left by an export that was killed (the kernel dropped its lock) is removed by the next export that spools
-there. Where locks are refused (a filesystem or sandbox without them), the directory is still removed at the
-end, but none left by others is touched: nobody could tell a running export's from a dead one's.
+It holds the copy of the selection (SQLite) or the spool file, read by path by the export's child process. The
+export locks it as :mod:`.staging` locks a staging directory (``flock``, for its whole life) and removes it at the
+end, whatever happens; one a killed export left is removed by the next export that spools there, but where locks
+are refused, none left by others is touched: nobody could tell a running export's from a dead one's.
 """
 
 from __future__ import annotations

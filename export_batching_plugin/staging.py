@@ -1,32 +1,25 @@
 """Staging: the export is written beside its final place, then renamed into it.
 
-- **The staging directory is the claim of the final name.** It is ``<exports>/<did>/.<name>.staging-export``,
-  named after the final directory ``<name>``, so that two exports of one DID started in the same second
-  (whose final directories have one name) meet at once: ``mkdir`` lets exactly one make it, in any process
-  or container sharing the volume, and the other stops before any work (:class:`ExportClash`), instead of
-  failing at the end. The final name is checked once the claim is held: an export that already published
-  there has given its claim up by renaming it.
-- **Ownership is a lock, not a PID.** The export that makes a staging directory holds an exclusive ``flock``
-  on it for its whole life; the kernel drops the lock when that process ends, however it ends. So "stale"
-  means "nobody holds its lock", which stays true across PID namespaces (containers sharing an exports
-  volume) and PID reuse, where a PID says nothing. A stale one is removed by the next export into the folder
-  (its claim taken over, if it has the same name), and only while that export holds its lock.
-- **Where no lock can be taken** (a filesystem without locks, a sandbox that refuses ``flock``) the export
-  goes on unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an
-  export that can lock there (another container) must not take it for stale, and skips it, as it skips what
-  it cannot lock. The bit is cleared once the export is in place.
-- Publishing renames the staging directory to the final name with ``renameat2(RENAME_NOREPLACE)``: an
-  existing export directory, even an empty one, is never replaced. Where that call is missing or refused,
-  a check, then a rename: safe, since no other export can publish under a name whose claim this one holds.
-  Whether the rename happened is then read from the disk (the final name is our directory, or not).
-- **A refused system call is not a failed export** (seccomp profiles, gVisor): ``syncfs`` refused is an
-  fsync of each file and directory, ``renameat2`` the check and rename above, ``flock`` an export without a
-  lock, an ``fsync`` of a directory a warning. Each is said once per export: at INFO where only speed is
-  lost, as a WARNING where a guarantee is.
-- On failure or interrupt before publishing, the staging directory is removed, and the owner's folder too if
-  this export made it and it is empty; only what was really removed is reported as removed.
-  ``with Staging.create(final) as staging`` does that by itself: on the way out it releases a published
-  directory and removes any other.
+- **The staging directory is the claim of the final name**, ``<exports>/<did>/.<name>.staging-export``: two
+  exports of one DID started in the same second meet at once, as ``mkdir`` lets exactly one make it in any process
+  or container sharing the volume; the other stops before any work (:class:`ExportClash`), not at the end. The
+  final name is checked once the claim is held: an export published there gave its claim up by renaming it.
+- **Ownership is a lock, not a PID.** An export holds an exclusive ``flock`` on its staging directory for its
+  whole life; the kernel drops it when the process ends, however it ends. "Stale" means "nobody holds its lock",
+  true across PID namespaces (containers sharing a volume) and PID reuse, where a PID says nothing; the next
+  export into the folder removes a stale one (its claim taken over, if of the same name) under its lock.
+- **Where no lock can be taken** (a filesystem without locks, a sandbox refusing ``flock``) the export goes on
+  unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an export that
+  can lock there (another container) must not take it for stale, and skips it, as it skips what it cannot lock.
+  The bit is cleared once the export is in place.
+- Publishing never replaces an existing export directory, even an empty one (:func:`rename_noreplace`);
+  whether the rename happened is then read from the disk (the final name is our directory, or not).
+- **A refused system call is not a failed export** (seccomp, gVisor): ``syncfs`` refused is an fsync of each file
+  and directory, ``renameat2`` a check then a rename, ``flock`` an export without a lock, a directory's ``fsync``
+  a warning; each said once per export: at INFO where only speed is lost, a WARNING where a guarantee is.
+- On failure or interrupt before publishing, ``with Staging.create(final) as staging`` removes the staging
+  directory on the way out, and the owner's folder too if this export made it and it is empty; only what was
+  really removed is reported as removed.
 """
 
 from __future__ import annotations
@@ -51,8 +44,7 @@ log = logging.getLogger("export_batching_plugin")
 
 #: A staging directory: this release's (the claim of ``<name>``), or an earlier release's (named at random).
 _STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-(export|[0-9a-f]{16})$")
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 #: What a sandbox's filter (a seccomp profile, gVisor) answers for a system call it refuses.
 _REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
 #: What ``flock`` fails with where no lock can be taken: a filesystem without locks (an NFS mount without a
@@ -62,8 +54,7 @@ _NO_LOCKS = _REFUSED | {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
 _NO_DIRECTORY_SYNC = _REFUSED | {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 #: The mark of a staging directory whose export cannot lock it (see the module's docstring).
 _UNLOCKED = stat.S_ISVTX
-#: Claims given up to a racing export (it removed ours as stale between our mkdir and our lock) before
-#: this one gives up itself; each race takes microseconds.
+#: Claims lost to racing exports (ours taken for stale between mkdir and lock, in microseconds) before giving up.
 _CLAIM_ATTEMPTS = 10
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -74,10 +65,8 @@ class ExportClash(SkyarchiveError):
 
     def __init__(self, final: Path, *, exists: bool) -> None:
         self.final, self.exists = final, exists
-        if exists:
-            what = f"export directory already exists: {final} (another export of this DID started in the same second)"
-        else:
-            what = f"another export of this DID started in the same second and is writing {final}"
+        same = "another export of this DID started in the same second"
+        what = f"export directory already exists: {final} ({same})" if exists else f"{same} and is writing {final}"
         super().__init__(f"{what}; run this one again")
 
 
@@ -143,11 +132,9 @@ def remove_tree(path: Path) -> OSError | None:
 
 
 def _remove_stale(path: Path, fd: int) -> OSError | None:
-    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it
-    (marked: nobody can tell whether it still runs); the error that stopped it, or None once it is gone.
-
-    An empty one goes silently: nothing was lost (its export had not begun, or was killed right away).
-    """
+    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it (marked:
+    nobody can tell whether it still runs); the error that stopped it, or None once it is gone. An empty one goes
+    silently: nothing was lost (its export had not begun, or was killed right away)."""
     if os.fstat(fd).st_mode & _UNLOCKED:
         return FileExistsError(errno.EEXIST, "made by an export that could not lock it", str(path))
     with suppress(OSError):
@@ -185,18 +172,15 @@ def unheld_directories(folder: Path, name: re.Pattern[str], young: float = 0) ->
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
-    """Remove the staging directories in ``folder`` that no export holds, each while holding its lock; return
-    those removed."""
+    """Remove the staging directories in ``folder`` that no export holds, each under its lock; those removed."""
     return [path for path, fd in unheld_directories(folder, _STAGING) if _remove_stale(path, fd) is None]
 
 
 def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
-
-    Where ``renameat2`` is missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused
-    (a sandbox): check, then rename, said once. A rename onto an empty directory would replace it, so this is
-    safe only while nothing else can make ``target``: :class:`Staging` holds the claim of its name.
-    """
+    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists. Where ``renameat2`` is
+    missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused (a sandbox): check, then
+    rename, said once. A rename onto an empty directory would replace it, so this is safe only while nothing else
+    can make ``target``: :class:`Staging` holds the claim of its name."""
     refused = None
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
@@ -218,10 +202,9 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 def sync_tree(root: Path) -> None:
     """Flush every file and directory under ``root`` to disk: one ``syncfs`` of its filesystem (it flushes other
-    files there too, which costs nothing where little else is written, and commits the journal once instead of
-    once per file). Where that is refused (a sandbox) or missing: an ``fsync`` of each file and directory, said
-    once at INFO where refused (only speed is lost); a directory's refused fsync is left to
-    :func:`fsync_directory` of the export's folder to say."""
+    files there too, which costs nothing where little else is written, and commits the journal once, not once per
+    file). Where that is refused (a sandbox) or missing: an ``fsync`` of each file and directory, said once at INFO
+    where refused (only speed is lost); a refused directory fsync is said by :func:`fsync_directory`'s caller."""
     refused = None
     if _syncfs is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
