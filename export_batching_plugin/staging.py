@@ -1,32 +1,25 @@
 """Staging: the export is written beside its final place, then renamed into it.
 
-- **The staging directory is the claim of the final name.** It is ``<exports>/<did>/.<name>.staging-export``,
-  named after the final directory ``<name>``, so that two exports of one DID started in the same second
-  (whose final directories have one name) meet at once: ``mkdir`` lets exactly one make it, in any process
-  or container sharing the volume, and the other stops before any work (:class:`ExportClash`), instead of
-  failing at the end. The final name is checked once the claim is held: an export that already published
-  there has given its claim up by renaming it.
-- **Ownership is a lock, not a PID.** The export that makes a staging directory holds an exclusive ``flock``
-  on it for its whole life; the kernel drops the lock when that process ends, however it ends. So "stale"
-  means "nobody holds its lock", which stays true across PID namespaces (containers sharing an exports
-  volume) and PID reuse, where a PID says nothing. A stale one is removed by the next export into the folder
-  (its claim taken over, if it has the same name), and only while that export holds its lock.
-- **Where no lock can be taken** (a filesystem without locks, a sandbox that refuses ``flock``) the export
-  goes on unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an
-  export that can lock there (another container) must not take it for stale, and skips it, as it skips what
-  it cannot lock. The bit is cleared once the export is in place.
-- Publishing renames the staging directory to the final name with ``renameat2(RENAME_NOREPLACE)``: an
-  existing export directory, even an empty one, is never replaced. Where that call is missing or refused,
-  a check, then a rename: safe, since no other export can publish under a name whose claim this one holds.
-  Whether the rename happened is then read from the disk (the final name is our directory, or not).
-- **A refused system call is not a failed export** (seccomp profiles, gVisor): ``syncfs`` refused is an
-  fsync of each file and directory, ``renameat2`` the check and rename above, ``flock`` an export without a
-  lock, an ``fsync`` of a directory a warning. Each is said once per export: at INFO where only speed is
-  lost, as a WARNING where a guarantee is.
-- On failure or interrupt before publishing, the staging directory is removed, and the owner's folder too if
-  this export made it and it is empty; only what was really removed is reported as removed.
-  ``with Staging.create(final) as staging`` does that by itself: on the way out it releases a published
-  directory and removes any other.
+- **The staging directory is the claim of the final name**, ``<exports>/<did>/.<name>.staging-export``: two
+  exports of one DID started in the same second meet at once, as ``mkdir`` lets exactly one make it in any process
+  or container sharing the volume; the other stops before any work (:class:`ExportClash`), not at the end. The
+  final name is checked once the claim is held: an export published there gave its claim up by renaming it.
+- **Ownership is a lock, not a PID.** An export holds an exclusive ``flock`` on its staging directory for its
+  whole life; the kernel drops it when the process ends, however it ends. "Stale" means "nobody holds its lock",
+  true across PID namespaces (containers sharing a volume) and PID reuse, where a PID says nothing; the next
+  export into the folder removes a stale one (its claim taken over, if of the same name) under its lock.
+- **Where no lock can be taken** (a filesystem without locks, a sandbox refusing ``flock``) the export goes on
+  unlocked and says so. Its staging directory is made with the sticky bit, in the same ``mkdir``: an export that
+  can lock there (another container) must not take it for stale, and skips it, as it skips what it cannot lock.
+  The bit is cleared once the export is in place.
+- Publishing never replaces an existing export directory, even an empty one (:func:`rename_noreplace`);
+  whether the rename happened is then read from the disk (the final name is our directory, or not).
+- **A refused system call is not a failed export** (seccomp, gVisor): ``syncfs`` refused is an fsync of each file
+  and directory, ``renameat2`` a check then a rename, ``flock`` an export without a lock, a directory's ``fsync``
+  a warning; each said once per export: at INFO where only speed is lost, a WARNING where a guarantee is.
+- On failure or interrupt before publishing, ``with Staging.create(final) as staging`` removes the staging
+  directory on the way out, and the owner's folder too if this export made it and it is empty; only what was
+  really removed is reported as removed.
 """
 
 from __future__ import annotations
@@ -39,7 +32,8 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -50,8 +44,7 @@ log = logging.getLogger("export_batching_plugin")
 
 #: A staging directory: this release's (the claim of ``<name>``), or an earlier release's (named at random).
 _STAGING = re.compile(r"^\.(?P<name>\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.staging-(export|[0-9a-f]{16})$")
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 #: What a sandbox's filter (a seccomp profile, gVisor) answers for a system call it refuses.
 _REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENOSYS})
 #: What ``flock`` fails with where no lock can be taken: a filesystem without locks (an NFS mount without a
@@ -61,8 +54,7 @@ _NO_LOCKS = _REFUSED | {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
 _NO_DIRECTORY_SYNC = _REFUSED | {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 #: The mark of a staging directory whose export cannot lock it (see the module's docstring).
 _UNLOCKED = stat.S_ISVTX
-#: Claims given up to a racing export (it removed ours as stale between our mkdir and our lock) before
-#: this one gives up itself; each race takes microseconds.
+#: Claims lost to racing exports (ours taken for stale between mkdir and lock, in microseconds) before giving up.
 _CLAIM_ATTEMPTS = 10
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -73,10 +65,8 @@ class ExportClash(SkyarchiveError):
 
     def __init__(self, final: Path, *, exists: bool) -> None:
         self.final, self.exists = final, exists
-        if exists:
-            what = f"export directory already exists: {final} (another export of this DID started in the same second)"
-        else:
-            what = f"another export of this DID started in the same second and is writing {final}"
+        same = "another export of this DID started in the same second"
+        what = f"export directory already exists: {final} ({same})" if exists else f"{same} and is writing {final}"
         super().__init__(f"{what}; run this one again")
 
 
@@ -87,35 +77,24 @@ def check_folder_name(did: str) -> None:
         raise UsageError(f"--did {did!r} cannot name a folder inside the exports folder; nothing was exported")
 
 
-def _libc_function(name: str) -> Callable[..., int] | None:
-    try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):  # pragma: no cover - glibc on Linux has them
-        return None
-    return function
-
-
-_syncfs = _libc_function("syncfs")
-_renameat2 = _libc_function("renameat2")
+_libc = ctypes.CDLL(None, use_errno=True)  # dlopen(NULL): the running program, libc included; never fails
+_syncfs: Callable[..., int] | None = getattr(_libc, "syncfs", None)  # None where libc lacks it: fallbacks below
+_renameat2: Callable[..., int] | None = getattr(_libc, "renameat2", None)
 
 
 def _lock(path: Path) -> int | None:
     """An fd of the directory ``path`` holding its exclusive lock, or None if another process holds it.
-
-    Raises FileNotFoundError when ``path`` is gone, or was replaced while it was being locked; OSError when
-    it is not a directory (a symlink, say) or cannot be locked.
-    """
+    FileNotFoundError if ``path`` is gone or was replaced while it was being locked; OSError if it is not a
+    directory (a symlink, say) or cannot be locked."""
     fd = os.open(path, _DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        here, mine = os.lstat(path), os.fstat(fd)
-        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+        if not os.path.samestat(os.lstat(path), os.fstat(fd)):
             raise FileNotFoundError(errno.ENOENT, "replaced while it was being locked", str(path))
-    except BlockingIOError:
+    except BaseException as error:
         os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
+        if isinstance(error, BlockingIOError):
+            return None
         raise
     return fd
 
@@ -143,25 +122,19 @@ def _can_lock(folder: Path) -> bool:
 
 
 def remove_tree(path: Path) -> OSError | None:
-    """Remove the directory ``path`` and everything in it; the error that stopped it, or None.
-
-    ``shutil.rmtree`` never follows symlinks inside the tree.
-    """
+    """Remove the directory ``path`` and everything in it, never following symlinks inside (``shutil.rmtree``);
+    the error that stopped it, or None (also where it is gone)."""
     try:
         shutil.rmtree(path)
-    except FileNotFoundError:
-        return None
     except OSError as exc:
-        return exc
+        return None if isinstance(exc, FileNotFoundError) else exc
     return None
 
 
 def _remove_stale(path: Path, fd: int) -> OSError | None:
-    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it
-    (marked: nobody can tell whether it still runs); the error that stopped it, or None once it is gone.
-
-    An empty one goes silently: nothing was lost (its export had not begun, or was killed right away).
-    """
+    """Remove the staging directory ``path`` whose lock ``fd`` holds, unless its export could not lock it (marked:
+    nobody can tell whether it still runs); the error that stopped it, or None once it is gone. An empty one goes
+    silently: nothing was lost (its export had not begun, or was killed right away)."""
     if os.fstat(fd).st_mode & _UNLOCKED:
         return FileExistsError(errno.EEXIST, "made by an export that could not lock it", str(path))
     with suppress(OSError):
@@ -175,43 +148,39 @@ def _remove_stale(path: Path, fd: int) -> OSError | None:
     return error
 
 
-def remove_stale_staging(folder: Path) -> list[Path]:
-    """Remove the staging directories in ``folder`` that no export holds; return those removed.
-
-    Only entries named exactly like a staging directory that are real
-    directories (not symlinks) and whose lock nobody holds are touched, and
-    only inside ``folder``. Each is removed while this process holds its lock.
-    """
-    removed: list[Path] = []
+def unheld_directories(folder: Path, name: re.Pattern[str], young: float = 0) -> Iterator[tuple[Path, int]]:
+    """The real directories (not symlinks) in ``folder`` named like ``name`` whose lock nobody holds, none
+    modified in the last ``young`` seconds; each with an fd holding its lock until the next is asked for."""
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
-        return removed
+        return
     for entry in entries:
-        if not _STAGING.match(entry.name) or not entry.is_dir(follow_symlinks=False):
+        if not name.match(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
-        path = Path(entry.path)
+        if young and time.time() - entry.stat(follow_symlinks=False).st_mtime <= young:
+            continue
         try:
-            fd = _lock(path)
+            fd = _lock(Path(entry.path))
         except OSError:
-            continue  # gone meanwhile, or not a directory after all
-        if fd is None:
-            continue  # a running export's
-        try:
-            if _remove_stale(path, fd) is None:
-                removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
+            fd = None  # gone meanwhile, or not a directory after all
+        if fd is not None:  # None: held by a running export, or gone
+            try:
+                yield Path(entry.path), fd
+            finally:
+                os.close(fd)
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging directories in ``folder`` that no export holds, each under its lock; those removed."""
+    return [path for path, fd in unheld_directories(folder, _STAGING) if _remove_stale(path, fd) is None]
 
 
 def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
-
-    Where ``renameat2`` is missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused
-    (a sandbox): check, then rename, said once. A rename onto an empty directory would replace it, so this is
-    safe only while nothing else can make ``target``: :class:`Staging` holds the claim of its name.
-    """
+    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists. Where ``renameat2`` is
+    missing (ENOSYS, or EINVAL on a filesystem without RENAME_NOREPLACE) or refused (a sandbox): check, then
+    rename, said once. A rename onto an empty directory would replace it, so this is safe only while nothing else
+    can make ``target``: :class:`Staging` holds the claim of its name."""
     refused = None
     if _renameat2 is not None:
         if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
@@ -232,14 +201,10 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 
 def sync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk.
-
-    Linux: one ``syncfs`` of the filesystem that holds ``root`` (it also flushes other files there; on a
-    filesystem with little else being written that costs nothing, and it commits the journal once instead
-    of once per file). Where it is refused (a sandbox: EPERM, EACCES, ENOSYS), and elsewhere: an ``fsync``
-    of each file and directory, said once at INFO (only speed is lost). A directory's fsync that is refused
-    is left out here: :func:`fsync_directory` of the export's folder says so.
-    """
+    """Flush every file and directory under ``root`` to disk: one ``syncfs`` of its filesystem (it flushes other
+    files there too, which costs nothing where little else is written, and commits the journal once, not once per
+    file). Where that is refused (a sandbox) or missing: an ``fsync`` of each file and directory, said once at INFO
+    where refused (only speed is lost); a refused directory fsync is said by :func:`fsync_directory`'s caller."""
     refused = None
     if _syncfs is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -254,12 +219,9 @@ def sync_tree(root: Path) -> None:
         refused = os.strerror(code)
     for folder, _dirs, files in os.walk(root, onerror=_raise):
         for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(Path(folder))
+            with open(os.path.join(folder, name), "rb") as file:
+                os.fsync(file.fileno())
+        fsync_directory(Path(folder), quiet=True)
     if refused is not None:
         log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
 
@@ -268,40 +230,32 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-def fsync_directory(path: Path) -> None:
-    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the
-    names are not known to be on disk) rather than fail."""
-    refused = _fsync_directory(path)
-    if refused is not None:
-        log.warning(
-            "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if the"
-            " system stops before it writes them",
-            refused.strerror, path,
-        )  # fmt: skip
-
-
-def _fsync_directory(path: Path) -> OSError | None:
-    """fsync the directory ``path``; the error if that is refused, None if done."""
+def fsync_directory(path: Path, *, quiet: bool = False) -> None:
+    """Flush the directory ``path`` (its entries) to disk; where that is refused, say so (a WARNING: the names
+    are not known to be on disk) rather than fail, unless ``quiet``."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     except OSError as exc:
         if exc.errno not in _NO_DIRECTORY_SYNC:
             raise
-        return exc
+        if not quiet:
+            log.warning(
+                "export_batching: fsync of a directory is refused here (%s); %s may lose its newest entries if"
+                " the system stops before it writes them",
+                exc.strerror, path,
+            )  # fmt: skip
     finally:
         os.close(fd)
-    return None
 
 
 def _make_folder(folder: Path) -> bool:
     """Make the owner's folder ``folder`` (and the exports folder) where missing; whether this made ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with suppress(FileExistsError):
         folder.mkdir()
-    except FileExistsError:
-        return False
-    return True
+        return True
+    return False
 
 
 class Staging:
@@ -321,10 +275,14 @@ class Staging:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        """Release a published directory; remove any other (never raises: the export's own error is told)."""
+        """Release a published directory; remove any other, and the owner's folder if this export made it and it
+        is left empty (never raises: the export's own error is told)."""
         try:
             if not self.published():
-                self.removal_error = self.remove()
+                self.removal_error = remove_tree(self.path)
+                self.release()
+                if self.made_folder:
+                    _remove_if_empty(self.path.parent)
         except BaseException as error:  # an interrupt while removing: the removal is still reported
             self.removal_error = error if isinstance(error, OSError) else OSError(str(error) or type(error).__name__)
         finally:
@@ -333,10 +291,8 @@ class Staging:
     @classmethod
     def create(cls, final: Path) -> Staging:
         """Claim ``final``'s name: remove stale staging beside it, then make and lock its staging directory.
-
-        Raises :class:`ExportClash` if ``final`` exists or another export holds the claim; FileExistsError if
-        something else (a symlink, a file) sits at the staging name: it is never written through.
-        """
+        ExportClash if ``final`` exists or another export holds the claim; FileExistsError if something else (a
+        symlink, a file) sits at the staging name: it is never written through."""
         parent, path = final.parent, final.parent / f".{final.name}.staging-export"
         made = _make_folder(parent)
         try:
@@ -366,9 +322,7 @@ class Staging:
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise  # planted: never followed, never removed
-            if not locking:
-                raise ExportClash(final, exists=False) from None  # nobody can tell whether it runs
-            held = _lock(path)
+            held = _lock(path) if locking else None  # without locks, nobody can tell whether its export runs
             if held is None:
                 raise ExportClash(final, exists=False) from None
             try:
@@ -388,14 +342,12 @@ class Staging:
             with suppress(OSError):
                 os.rmdir(path)
             raise
-        if fd is None:  # locked between our mkdir and our lock: by a claimer, or by cleanup about to remove it
-            return None  # look again
-        if os.path.lexists(final):  # published by an export that had the claim before
+        if fd is not None and os.path.lexists(final):  # published by an export that had the claim before
             with suppress(OSError):
                 os.rmdir(path)  # while it is still ours
             os.close(fd)
             raise ExportClash(final, exists=True)
-        return fd
+        return fd  # None: locked between our mkdir and our lock (by a claimer, or cleanup about to remove it)
 
     def published(self) -> bool:
         """Whether the final name is this staging directory now (it was renamed into place)."""
@@ -413,15 +365,6 @@ class Staging:
         if self._marked and self._fd is not None:  # in place: the mark has done its work
             with suppress(OSError):
                 os.fchmod(self._fd, stat.S_IMODE(os.fstat(self._fd).st_mode) & ~_UNLOCKED)
-
-    def remove(self) -> OSError | None:
-        """Remove the staging directory (after a failure), and the owner's folder if this export made it and it
-        is left empty; the error that stopped it, or None."""
-        error = remove_tree(self.path)
-        self.release()
-        if self.made_folder:
-            _remove_if_empty(self.path.parent)
-        return error
 
     def release(self) -> None:
         """Drop the lock, when the staging directory is published or removed (again: nothing)."""
