@@ -1,25 +1,15 @@
 """Media files of the selection: listed inside the read snapshot, copied outside it.
 
-Inside the snapshot, one streamed query lists the selection's media rows in
-the host's order (the posts' order, then hash); they are spooled, pickled, to
-an unnamed temporary file beside the export, so memory does not grow with the
-number of files and nothing is left behind if the process dies. Copying
-starts at once, on worker threads, while the posts are still being read, and
-goes on after the snapshot has ended: the database is never held waiting for
-a slow disk.
+Inside the snapshot, one streamed query lists the media rows, in the host's order (the posts', then hash), into an
+unnamed temporary file beside the export: memory does not grow with the number of files, nothing is left behind if
+the process dies. Worker threads copy them while the posts are read and after the snapshot, which never waits on a
+slow disk; where no thread can be started (a container's task limit), the export's own thread copies them after
+the snapshot (:meth:`MediaCopier.wait`), as skyarchive does. The first row of a file name wins, as in the host:
+rows go to workers by file name, all rows of one name to one worker, in order.
 
-Where no thread can be started (a container's task limit), the rows are copied one after another on the
-export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as skyarchive alone copies them.
-
-Each file is made by :func:`copy_media_file`: skyarchive's own rules (same names, same refusal of paths
-outside ``media_dir``, same skips of missing files and repeated names, same warnings), but the file is
-cloned where the filesystem shares blocks, or linked from the earlier export when it is unchanged
-(:mod:`.reuse`). The files are made durable by the export's final sync
-(:func:`.staging.sync_tree`, one ``syncfs``, cheaper than asking the kernel to
-start writing each file as it is copied: docs/benchmarks.md, "Measurements behind the design"). The host copies
-rows in order and the first row of a file name wins; rows are routed to
-workers by file name, so all rows of one name go to one worker, in order, and
-the same row wins.
+Each file is made by :func:`copy_media_file`, by skyarchive's rules but cloned or linked where it can be
+(:mod:`.reuse`); the export's final ``syncfs`` makes them durable (:func:`.staging.sync_tree`; why not one by one:
+docs/benchmarks.md, "Measurements behind the design").
 """
 
 from __future__ import annotations
@@ -47,9 +37,8 @@ from .checksums import file_digest
 from .reuse import Earlier, clone_or_copy
 from .threads import Helper, start_thread
 
-#: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
-#: in one folder contend for it: two measured faster than one or four, and than one after another as the host
-#: copies (docs/benchmarks.md, "Measurements behind the design").
+#: Copying threads: small files' system calls run without the GIL, but files made in one folder contend, and two
+#: measured fastest (docs/benchmarks.md, "Measurements behind the design").
 WORKERS = 2
 _QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
@@ -141,10 +130,8 @@ class MediaCopier:
             raise self._error
 
     def wait(self, *, tick: Callable[[], None] = lambda: None) -> None:
-        """Wait until every row is handled (or, without threads, handle them); raise the first error.
-
-        ``tick`` is called while waiting, at least every 0.1 s (or after each file, without threads).
-        """
+        """Wait until every row is handled (or, without threads, handle them); raise the first error. ``tick`` is
+        called at least every 0.1 s meanwhile (or after each file, without threads)."""
         if self._inline:
             self._copy_inline(tick)
         for thread in self._threads:
@@ -184,11 +171,8 @@ class MediaCopier:
             yield hexdigest, f"{host.MEDIA_DIR_NAME}/{name}"
 
     def abort(self, *, timeout: float = 10.0) -> None:
-        """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most.
-
-        A worker blocked on storage that does not answer is left to end when it does: it finds its
-        folder gone and stops, and it is a daemon thread.
-        """
+        """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most: one
+        blocked on storage that does not answer is left to end when it does (a daemon thread; its folder is gone)."""
         self._stop.set()
         try:
             deadline = time.monotonic() + timeout
@@ -264,10 +248,8 @@ class MediaCopier:
 
 def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earlier | None) -> tuple[bool, str | None]:
     """skyarchive's ``copy_media_file``, rule for rule and warning for warning, but the file is linked from the
-    ``earlier`` export when it is unchanged since, or cloned where it can be, else copied.
-
-    Returns whether the file was made (False: skipped, with a warning, as skyarchive skips it) and, for a
-    link with checksums, its sha256 from the earlier export's SHA256SUMS.
+    ``earlier`` export when it is unchanged since, or cloned where it can be, else copied. Returns whether it was
+    made (False: skipped, with a warning) and, for a link with checksums, its sha256 from the earlier SHA256SUMS.
     """
     rel = media.file_path or ""
     name = os.path.basename(rel)
