@@ -45,6 +45,15 @@ log = logging.getLogger("export_batching_plugin")
 _MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
 
 
+def _load(stream: IO[bytes]) -> Iterator[Any]:
+    """What was pickled to ``stream``, from its start; closed once read (a descriptor fewer)."""
+    stream.seek(0)
+    with suppress(EOFError):
+        while True:
+            yield pickle.load(stream)
+    stream.close()
+
+
 def _file_name(row: Any) -> str:
     """The name ``copy_media_file`` gives the copy, normalised as a case-insensitive disk would compare it."""
     name = os.path.basename(str(row.file_path or ""))
@@ -81,7 +90,6 @@ class MediaCopier:
                 pickle.dump(chunk, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
                 self.rows += len(chunk)
         self._spool.flush()
-        self._spool.seek(0)
 
     def start(self, *, threads: bool = True) -> None:
         """Start copying on the worker threads; where they cannot all be started (or ``threads`` is off),
@@ -147,27 +155,11 @@ class MediaCopier:
 
     def _rows(self) -> Iterator[Any]:
         """The spooled rows, in order."""
-        while True:
-            try:
-                chunk = pickle.load(self._spool)
-            except EOFError:
-                return
-            for values in chunk:
-                yield _MediaRow._make(values)
+        return (_MediaRow._make(values) for chunk in _load(self._spool) for values in chunk)
 
     def sums(self) -> Iterator[tuple[str, str]]:
         """After :meth:`wait`, with checksums: ``(sha256, "media/<name>")`` of each file copied, in row order."""
-
-        def records(stream: IO[bytes]) -> Iterator[tuple[int, str, str]]:
-            stream.seek(0)
-            while True:
-                try:
-                    yield pickle.load(stream)
-                except EOFError:
-                    stream.close()
-                    return
-
-        for _number, hexdigest, name in heapq.merge(*map(records, self._sums)):
+        for _number, hexdigest, name in heapq.merge(*map(_load, self._sums)):
             yield hexdigest, f"{host.MEDIA_DIR_NAME}/{name}"
 
     def abort(self, *, timeout: float = 10.0) -> None:
