@@ -79,8 +79,7 @@ class MediaCopier:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
-        self._threads: list[Helper] = []  # started ones only
-        self._inline = False  # no threads: wait() copies
+        self._threads: list[Helper] = []  # started ones only; none: wait() copies
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
         """Write the media rows to the spool (inside the snapshot; fast, sequential)."""
@@ -109,7 +108,7 @@ class MediaCopier:
         self._stop.set()  # the workers started have no row: they stop
         for thread in self._threads:
             thread.wait()
-        self._threads, self._inline = [], True
+        self._threads = []
 
     def _file(self) -> IO[bytes]:
         """An unnamed temporary file beside the export (a full disk or too few descriptors named as such)."""
@@ -132,26 +131,18 @@ class MediaCopier:
         """Rows handled so far (copied or skipped)."""
         return self.copied + self.skipped
 
-    def check(self) -> None:
-        """Raise the first error a worker met, if any (so that a failure stops the export early)."""
-        if self._error is not None:
-            raise self._error
-
     def wait(self, *, tick: Callable[[], None] = lambda: None) -> None:
         """Wait until every row is handled (or, without threads, handle them); raise the first error. ``tick`` is
         called at least every 0.1 s meanwhile (or after each file, without threads)."""
-        if self._inline:
-            self._copy_inline(tick)
+        if not self._threads:
+            for number, row in enumerate(self._rows()):
+                self._copy(0, number, row)
+                tick()
         for thread in self._threads:
             while not thread.wait(0.1):
                 tick()
-        self._spool.close()
-        self.check()
-
-    def _copy_inline(self, tick: Callable[[], None]) -> None:
-        for number, row in enumerate(self._rows()):
-            self._copy(number, row, self._sums[0] if self._sums else None)
-            tick()
+        if self._error is not None:
+            raise self._error
 
     def _rows(self) -> Iterator[Any]:
         """The spooled rows, in order."""
@@ -206,36 +197,32 @@ class MediaCopier:
                 self._put(target, None)
 
     def _work(self, worker: int) -> None:
-        rows = self._queues[worker]
-        sums = self._sums[worker] if self._sums else None
         try:
             while not self._stop.is_set():
                 try:
-                    item = rows.get(timeout=0.1)
+                    item = self._queues[worker].get(timeout=0.1)
                 except queue.Empty:
                     continue
                 if item is None:
                     return
-                number, row = item
-                self._copy(number, row, sums)
+                self._copy(worker, *item)
         except BaseException as exc:
             self._fail(exc)
 
-    def _copy(self, number: int, row: Any, sums: IO[bytes] | None) -> None:
+    def _copy(self, worker: int, number: int, row: Any) -> None:
+        """Make the file of the ``number``-th row; with checksums, ``worker``'s sums file records it."""
         name = os.path.basename(row.file_path or "")
         try:
             made, digest = copy_media_file(row, self._root, self.dest, self._earlier)
-            if made and sums is not None:  # a copy is read back, from the page cache as a rule
-                pickle.dump((number, digest or file_digest(self.dest / name), name), sums)
+            if made and self._sums:  # a copy is read back, from the page cache as a rule
+                pickle.dump((number, digest or file_digest(self.dest / name), name), self._sums[worker])
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)
             raise
         with self._lock:
-            if made:
-                self.copied += 1
-            else:
-                self.skipped += 1
+            self.copied += made
+            self.skipped += not made
 
 
 def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earlier | None) -> tuple[bool, str | None]:
