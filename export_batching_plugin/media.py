@@ -54,12 +54,6 @@ def _load(stream: IO[bytes]) -> Iterator[Any]:
     stream.close()
 
 
-def _file_name(row: Any) -> str:
-    """The name ``copy_media_file`` gives the copy, normalised as a case-insensitive disk would compare it."""
-    name = os.path.basename(str(row.file_path or ""))
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 class MediaCopier:
     """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
 
@@ -177,17 +171,17 @@ class MediaCopier:
 
     def _put(self, target: queue.Queue[Any], item: Any) -> bool:
         while not self._stop.is_set():
-            try:
+            with suppress(queue.Full):
                 target.put(item, timeout=0.1)
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _dispatch(self) -> None:
         try:
             for number, row in enumerate(self._rows()):  # number: the row's place in the export's order
-                worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
+                # by the name copy_media_file gives the copy, normalised as a case-insensitive disk compares it
+                name = unicodedata.normalize("NFC", os.path.basename(str(row.file_path or ""))).casefold()
+                worker = zlib.crc32(name.encode("utf-8", "replace")) % WORKERS
                 if not self._put(self._queues[worker], (number, row)):
                     return
         except BaseException as exc:
