@@ -27,7 +27,7 @@ import unicodedata
 import zlib
 from collections import namedtuple
 from collections.abc import Callable, Generator, Iterator
-from contextlib import closing, suppress
+from contextlib import AbstractContextManager, closing, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -54,16 +54,14 @@ def _load(stream: IO[bytes]) -> Iterator[Any]:
     stream.close()
 
 
-class MediaCopier:
+class MediaCopier(AbstractContextManager["MediaCopier"]):
     """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
 
     def __init__(
         self, *, media_root: Path, dest: Path, spool_dir: Path, checksums: bool = False, link_unchanged: bool = False
     ) -> None:
-        #: With ``link_unchanged``: the export whose unchanged files are linked rather than copied, if any.
-        self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None
-        self.dest = dest
-        self._root = media_root.resolve()
+        self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None  # to link from
+        self.dest, self._root = dest, media_root.resolve()
         self._spool_dir, self._checksums = spool_dir, checksums
         self._spool: IO[bytes] = io.BytesIO()  # until spool() makes the file
         #: With checksums, each worker's (row number, sha256, file name) of the files it copied, in row order.
@@ -90,13 +88,11 @@ class MediaCopier:
         doing = "copying media files, once the posts are read,"
         self._sums = [self._file() for _ in range(WORKERS if threads else 1)] if self._checksums else []
         for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
-            worker = start_thread(self._work, f"export-media-{n}", n, doing=doing) if threads else None
-            if worker is None:
+            if not threads or (worker := start_thread(self._work, f"export-media-{n}", n, doing=doing)) is None:
                 break
             self._threads.append(worker)
         else:
-            dispatcher = start_thread(self._dispatch, "export-media-rows", doing=doing)
-            if dispatcher is not None:
+            if (dispatcher := start_thread(self._dispatch, "export-media-rows", doing=doing)) is not None:
                 self._threads.append(dispatcher)
                 return
         self._stop.set()  # the workers started have no row: they stop
@@ -111,9 +107,6 @@ class MediaCopier:
         except OSError as exc:
             exc.filename = f"{self._spool_dir} (the media rows' spool)"
             raise
-
-    def __enter__(self) -> MediaCopier:
-        return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         """Stop the workers and close the spools (after :meth:`wait`: nothing left to do); never raises."""
