@@ -1,15 +1,12 @@
 """Media files of the selection: listed inside the read snapshot, copied outside it.
 
-Inside the snapshot, one streamed query lists the media rows, in the host's order (the posts', then hash), into an
-unnamed temporary file beside the export: memory does not grow with the number of files, nothing is left behind if
-the process dies. Worker threads copy them while the posts are read and after the snapshot, which never waits on a
-slow disk; where no thread can be started (a container's task limit), the export's own thread copies them after
-the snapshot (:meth:`MediaCopier.wait`), as skyarchive does. The first row of a file name wins, as in the host:
-rows go to workers by file name, all rows of one name to one worker, in order.
-
-Each file is made by :func:`copy_media_file`, by skyarchive's rules but cloned or linked where it can be
-(:mod:`.reuse`); the export's final ``syncfs`` makes them durable (:func:`.staging.sync_tree`; why not one by one:
-docs/benchmarks.md, "Measurements behind the design").
+Inside the snapshot, one streamed query lists the media rows in the host's order into an unnamed temporary file
+beside the export (memory does not grow with their number, nothing is left if the process dies). Worker threads
+copy them while the posts are read and after the snapshot, which never waits on a slow disk; without threads (a
+container's task limit), the export's own thread copies them afterwards, as skyarchive does. All rows of one file
+name go to one worker, in order, so the first of them wins, as in the host. Each file is made by skyarchive's
+rules but cloned or linked where it can be (:mod:`.reuse`), made durable by the export's final ``syncfs``
+(:func:`.staging.sync_tree`; why not one by one: docs/benchmarks.md, "Measurements behind the design").
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from collections import namedtuple
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, closing, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from . import host
@@ -83,8 +79,7 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
         self._spool.flush()
 
     def start(self, *, threads: bool = True) -> None:
-        """Start copying on the worker threads; where they cannot all be started (or ``threads`` is off),
-        :meth:`wait` copies instead."""
+        """Start copying on worker threads; where they cannot all start (or ``threads`` is off), :meth:`wait` copies."""
         doing = "copying media files, once the posts are read,"
         self._sums = [self._file() for _ in range(WORKERS if threads else 1)] if self._checksums else []
         for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
@@ -108,14 +103,13 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
             exc.filename = f"{self._spool_dir} (the media rows' spool)"
             raise
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Stop the workers and close the spools (after :meth:`wait`: nothing left to do); never raises."""
         with suppress(BaseException):
             self.abort()
 
     @property
     def done(self) -> int:
-        """Rows handled so far (copied or skipped)."""
         return self.copied + self.skipped
 
     def wait(self, *, tick: Callable[[], None] = lambda: None) -> None:
@@ -132,7 +126,6 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
             raise self._error
 
     def _rows(self) -> Iterator[Any]:
-        """The spooled rows, in order."""
         return (_MediaRow._make(values) for chunk in _load(self._spool) for values in chunk)
 
     def sums(self) -> Iterator[tuple[str, str]]:
@@ -215,8 +208,7 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
 def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earlier | None) -> tuple[bool, str | None]:
     """skyarchive's ``copy_media_file``, rule for rule and warning for warning, but the file is linked from the
     ``earlier`` export when it is unchanged since, or cloned where it can be, else copied. Returns whether it was
-    made (False: skipped, with a warning) and, for a link with checksums, its sha256 from the earlier SHA256SUMS.
-    """
+    made (False: skipped, with a warning) and, for a link with checksums, its sha256 from the earlier SHA256SUMS."""
     rel = media.file_path or ""
     name = os.path.basename(rel)
     if not rel or os.path.isabs(rel) or name in ("", ".", ".."):
@@ -242,8 +234,6 @@ def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earli
             )
             return False, None
         if digest is None:
-            try:
+            with open(fd, "wb", buffering=0):  # closes fd
                 clone_or_copy(src.fileno(), fd)
-            finally:
-                os.close(fd)
     return True, digest or None
