@@ -36,7 +36,6 @@ from .threads import Helper, start_thread
 #: Copying threads: small files' system calls run without the GIL, but files made in one folder contend, and two
 #: measured fastest (docs/benchmarks.md, "Measurements behind the design").
 WORKERS = 2
-_QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
 _MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
 
@@ -63,10 +62,9 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
         #: With checksums, each worker's (row number, sha256, file name) of the files it copied, in row order.
         self._sums: list[IO[bytes]] = []
         self.rows = self.copied = self.skipped = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._error: BaseException | None = None
-        self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(256) for _ in range(WORKERS)]  # rows each
         self._threads: list[Helper] = []  # started ones only; none: wait() copies
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
@@ -93,7 +91,7 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
         self._stop.set()  # the workers started have no row: they stop
         for thread in self._threads:
             thread.wait()
-        self._threads = []
+        self._threads.clear()  # none: wait() copies
 
     def _file(self) -> IO[bytes]:
         """An unnamed temporary file beside the export (a full disk or too few descriptors named as such)."""
@@ -190,7 +188,6 @@ class MediaCopier(AbstractContextManager["MediaCopier"]):
             self._fail(exc)
 
     def _copy(self, worker: int, number: int, row: Any) -> None:
-        """Make the file of the ``number``-th row; with checksums, ``worker``'s sums file records it."""
         name = os.path.basename(row.file_path or "")
         try:
             made, digest = copy_media_file(row, self._root, self.dest, self._earlier)

@@ -1,14 +1,11 @@
-"""Media files that cost only what changed: blocks shared by a clone, files shared with the previous export.
+"""Media files that cost only what changed (what each way saves: docs/benchmarks.md, "Media: clones and links").
 
 - **Clones** (:func:`clone_or_copy`): ``FICLONE`` where the filesystem shares blocks (btrfs, XFS with reflink, ZFS
   2.2+, bcachefs), no data written; else ``copy_file_range`` (in-kernel, server-side on NFS 4.2), else a plain
-  copy. Each refusal (a sandbox's seccomp filter, an old kernel) falls back per file: a copy fails only where a
-  plain copy does.
+  copy, each refusal (a sandbox's seccomp filter, an old kernel) falling back, per file, to the next.
 - **Links** (:class:`Earlier`, ``link_unchanged_media = true``): a file unchanged since the newest complete earlier
   export of the DID is hard-linked from it, by ``rsync --link-dest``'s quick check (same name, same size, modified
   before that export began); that export is never written to (a link changes only link counts and ctimes).
-
-What each saves: docs/benchmarks.md, "Media: clones and links".
 """
 
 from __future__ import annotations
@@ -56,10 +53,9 @@ def clone_or_copy(src: int, dst: int) -> None:
 
 
 class Earlier:
-    """The newest complete earlier export of the DID, whose unchanged media files a new export links to: one
-    published under its final name (staging directories are hidden) with a readable ``manifest.json`` (skyarchive
-    writes it last). With checksums, its media files' SHA256SUMS lines wait in a temporary SQLite database, so
-    that memory does not grow with the number of files."""
+    """The newest complete earlier export of the DID: published under its final name (staging directories are
+    hidden), with a readable ``manifest.json`` (skyarchive writes it last). With checksums, its media files'
+    SHA256SUMS lines wait in a temporary SQLite database, so that memory does not grow with the number of files."""
 
     def __init__(self, media: Path, began_ns: int, like: tuple[int, int, int], sums: sqlite3.Connection | None) -> None:
         self.media, self._began_ns, self._like, self._sums = media, began_ns, like, sums
@@ -77,10 +73,9 @@ class Earlier:
             ]
         except OSError:
             return None
-        found = sorted((began, path) for path in exports if (began := _began(path)) is not None)
-        if not found:
+        began, path = max(((b, p) for p in exports if (b := _began(p)) is not None), default=(0, None))
+        if path is None:
             return None
-        began, path = found[-1]
         here = os.stat(dest)
         # A file made now in ``dest`` would have its owner, group and 0o644 less its umask (or default ACL).
         like = (here.st_uid, here.st_gid, 0o644 & stat.S_IMODE(here.st_mode))
@@ -155,9 +150,8 @@ def _read_sums(path: Path) -> sqlite3.Connection:
         db.execute("CREATE TABLE sums (line BLOB PRIMARY KEY, digest TEXT) WITHOUT ROWID")
         with _open_file(path) as stream:
             lines = filter(None, map(_SUMS_LINE.fullmatch, stream))
-            db.executemany(
-                "INSERT OR IGNORE INTO sums VALUES (?, ?)", ((m[1] + b"  " + m[3], m[2].decode()) for m in lines)
-            )
+            rows = ((m[1] + b"  " + m[3], m[2].decode()) for m in lines)
+            db.executemany("INSERT OR IGNORE INTO sums VALUES (?, ?)", rows)
     except BaseException:
         db.close()
         raise
