@@ -1,25 +1,12 @@
 """Media files of the selection: listed inside the read snapshot, copied outside it.
 
-Inside the snapshot, one streamed query lists the selection's media rows in
-the host's order (the posts' order, then hash); they are spooled, pickled, to
-an unnamed temporary file beside the export, so memory does not grow with the
-number of files and nothing is left behind if the process dies. Copying
-starts at once, on worker threads, while the posts are still being read, and
-goes on after the snapshot has ended: the database is never held waiting for
-a slow disk.
-
-Where no thread can be started (a container's task limit), the rows are copied one after another on the
-export's own thread once the snapshot has ended (:meth:`MediaCopier.wait`), as skyarchive alone copies them.
-
-Each file is made by :func:`copy_media_file`: skyarchive's own rules (same names, same refusal of paths
-outside ``media_dir``, same skips of missing files and repeated names, same warnings), but the file is
-cloned where the filesystem shares blocks, or linked from the earlier export when it is unchanged
-(:mod:`.reuse`). The files are made durable by the export's final sync
-(:func:`.staging.sync_tree`, one ``syncfs``, cheaper than asking the kernel to
-start writing each file as it is copied: docs/benchmarks.md, "Measurements behind the design"). The host copies
-rows in order and the first row of a file name wins; rows are routed to
-workers by file name, so all rows of one name go to one worker, in order, and
-the same row wins.
+Inside the snapshot, one streamed query lists the media rows in the host's order into an unnamed temporary file
+beside the export (memory does not grow with their number, nothing is left if the process dies). Worker threads
+copy them while the posts are read and after the snapshot, which never waits on a slow disk; without threads (a
+container's task limit), the export's own thread copies them afterwards, as skyarchive does. All rows of one file
+name go to one worker, in order, so the first of them wins, as in the host. Each file is made by skyarchive's
+rules but cloned or linked where it can be (:mod:`.reuse`), made durable by the export's final ``syncfs``
+(:func:`.staging.sync_tree`; why not one by one: docs/benchmarks.md, "Measurements behind the design").
 """
 
 from __future__ import annotations
@@ -37,9 +24,8 @@ import unicodedata
 import zlib
 from collections import namedtuple
 from collections.abc import Callable, Generator, Iterator
-from contextlib import closing, suppress
+from contextlib import AbstractContextManager, closing, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from . import host
@@ -47,42 +33,39 @@ from .checksums import file_digest
 from .reuse import Earlier, clone_or_copy
 from .threads import Helper, start_thread
 
-#: Copying threads. Small files are dominated by system calls, which run without the GIL, but files created
-#: in one folder contend for it: two measured faster than one or four, and than one after another as the host
-#: copies (docs/benchmarks.md, "Measurements behind the design").
+#: Copying threads: small files' system calls run without the GIL, but files made in one folder contend, and two
+#: measured fastest (docs/benchmarks.md, "Measurements behind the design").
 WORKERS = 2
-_QUEUE_ROWS = 256
 log = logging.getLogger("export_batching_plugin")
 _MediaRow = namedtuple("_MediaRow", host.MEDIA_COLUMNS)  # type: ignore[misc]  # what copy_media_file reads
 
 
-def _file_name(row: Any) -> str:
-    """The name ``copy_media_file`` gives the copy, normalised as a case-insensitive disk would compare it."""
-    name = os.path.basename(str(row.file_path or ""))
-    return unicodedata.normalize("NFC", name).casefold()
+def _load(stream: IO[bytes]) -> Iterator[Any]:
+    """What was pickled to ``stream``, from its start; closed once read (a descriptor fewer)."""
+    stream.seek(0)
+    with suppress(EOFError):
+        while True:
+            yield pickle.load(stream)
+    stream.close()
 
 
-class MediaCopier:
+class MediaCopier(AbstractContextManager["MediaCopier"]):
     """Spool the selection's media rows (:meth:`spool`), copy them (:meth:`start`), wait (:meth:`wait`)."""
 
     def __init__(
         self, *, media_root: Path, dest: Path, spool_dir: Path, checksums: bool = False, link_unchanged: bool = False
     ) -> None:
-        #: With ``link_unchanged``: the export whose unchanged files are linked rather than copied, if any.
-        self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None
-        self.dest = dest
-        self._root = media_root.resolve()
+        self._earlier = Earlier.find(dest, checksums=checksums) if link_unchanged else None  # to link from
+        self.dest, self._root = dest, media_root.resolve()
         self._spool_dir, self._checksums = spool_dir, checksums
         self._spool: IO[bytes] = io.BytesIO()  # until spool() makes the file
         #: With checksums, each worker's (row number, sha256, file name) of the files it copied, in row order.
         self._sums: list[IO[bytes]] = []
         self.rows = self.copied = self.skipped = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._error: BaseException | None = None
-        self._queues: list[queue.Queue[Any]] = [queue.Queue(_QUEUE_ROWS) for _ in range(WORKERS)]
-        self._threads: list[Helper] = []  # started ones only
-        self._inline = False  # no threads: wait() copies
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(256) for _ in range(WORKERS)]  # rows each
+        self._threads: list[Helper] = []  # started ones only; none: wait() copies
 
     def spool(self, chunks: Generator[list[tuple[Any, ...]], None, None]) -> None:
         """Write the media rows to the spool (inside the snapshot; fast, sequential)."""
@@ -92,27 +75,23 @@ class MediaCopier:
                 pickle.dump(chunk, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
                 self.rows += len(chunk)
         self._spool.flush()
-        self._spool.seek(0)
 
     def start(self, *, threads: bool = True) -> None:
-        """Start copying on the worker threads; where they cannot all be started (or ``threads`` is off),
-        :meth:`wait` copies instead."""
+        """Start copying on worker threads; where they cannot all start (or ``threads`` is off), :meth:`wait` copies."""
         doing = "copying media files, once the posts are read,"
         self._sums = [self._file() for _ in range(WORKERS if threads else 1)] if self._checksums else []
         for n in range(WORKERS):  # the workers first: until the dispatcher runs, none has a row
-            worker = start_thread(self._work, f"export-media-{n}", n, doing=doing) if threads else None
-            if worker is None:
+            if not threads or (worker := start_thread(self._work, f"export-media-{n}", n, doing=doing)) is None:
                 break
             self._threads.append(worker)
         else:
-            dispatcher = start_thread(self._dispatch, "export-media-rows", doing=doing)
-            if dispatcher is not None:
+            if (dispatcher := start_thread(self._dispatch, "export-media-rows", doing=doing)) is not None:
                 self._threads.append(dispatcher)
                 return
         self._stop.set()  # the workers started have no row: they stop
         for thread in self._threads:
             thread.wait()
-        self._threads, self._inline = [], True
+        self._threads.clear()  # none: wait() copies
 
     def _file(self) -> IO[bytes]:
         """An unnamed temporary file beside the export (a full disk or too few descriptors named as such)."""
@@ -122,73 +101,39 @@ class MediaCopier:
             exc.filename = f"{self._spool_dir} (the media rows' spool)"
             raise
 
-    def __enter__(self) -> MediaCopier:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         """Stop the workers and close the spools (after :meth:`wait`: nothing left to do); never raises."""
         with suppress(BaseException):
             self.abort()
 
     @property
     def done(self) -> int:
-        """Rows handled so far (copied or skipped)."""
         return self.copied + self.skipped
 
-    def check(self) -> None:
-        """Raise the first error a worker met, if any (so that a failure stops the export early)."""
-        if self._error is not None:
-            raise self._error
-
     def wait(self, *, tick: Callable[[], None] = lambda: None) -> None:
-        """Wait until every row is handled (or, without threads, handle them); raise the first error.
-
-        ``tick`` is called while waiting, at least every 0.1 s (or after each file, without threads).
-        """
-        if self._inline:
-            self._copy_inline(tick)
+        """Wait until every row is handled (or, without threads, handle them); raise the first error. ``tick`` is
+        called at least every 0.1 s meanwhile (or after each file, without threads)."""
+        if not self._threads:
+            for number, row in enumerate(self._rows()):
+                self._copy(0, number, row)
+                tick()
         for thread in self._threads:
             while not thread.wait(0.1):
                 tick()
-        self._spool.close()
-        self.check()
-
-    def _copy_inline(self, tick: Callable[[], None]) -> None:
-        for number, row in enumerate(self._rows()):
-            self._copy(number, row, self._sums[0] if self._sums else None)
-            tick()
+        if self._error is not None:
+            raise self._error
 
     def _rows(self) -> Iterator[Any]:
-        """The spooled rows, in order."""
-        while True:
-            try:
-                chunk = pickle.load(self._spool)
-            except EOFError:
-                return
-            for values in chunk:
-                yield _MediaRow._make(values)
+        return (_MediaRow._make(values) for chunk in _load(self._spool) for values in chunk)
 
     def sums(self) -> Iterator[tuple[str, str]]:
         """After :meth:`wait`, with checksums: ``(sha256, "media/<name>")`` of each file copied, in row order."""
-
-        def records(stream: IO[bytes]) -> Iterator[tuple[int, str, str]]:
-            stream.seek(0)
-            while True:
-                try:
-                    yield pickle.load(stream)
-                except EOFError:
-                    stream.close()
-                    return
-
-        for _number, hexdigest, name in heapq.merge(*map(records, self._sums)):
+        for _number, hexdigest, name in heapq.merge(*map(_load, self._sums)):
             yield hexdigest, f"{host.MEDIA_DIR_NAME}/{name}"
 
     def abort(self, *, timeout: float = 10.0) -> None:
-        """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most.
-
-        A worker blocked on storage that does not answer is left to end when it does: it finds its
-        folder gone and stops, and it is a daemon thread.
-        """
+        """Stop the workers (each finishes the file at hand) and wait for them, ``timeout`` seconds at most: one
+        blocked on storage that does not answer is left to end when it does (a daemon thread; its folder is gone)."""
         self._stop.set()
         try:
             deadline = time.monotonic() + timeout
@@ -210,17 +155,17 @@ class MediaCopier:
 
     def _put(self, target: queue.Queue[Any], item: Any) -> bool:
         while not self._stop.is_set():
-            try:
+            with suppress(queue.Full):
                 target.put(item, timeout=0.1)
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _dispatch(self) -> None:
         try:
             for number, row in enumerate(self._rows()):  # number: the row's place in the export's order
-                worker = zlib.crc32(_file_name(row).encode("utf-8", "replace")) % WORKERS
+                # by the name copy_media_file gives the copy, normalised as a case-insensitive disk compares it
+                name = unicodedata.normalize("NFC", os.path.basename(str(row.file_path or ""))).casefold()
+                worker = zlib.crc32(name.encode("utf-8", "replace")) % WORKERS
                 if not self._put(self._queues[worker], (number, row)):
                     return
         except BaseException as exc:
@@ -230,45 +175,37 @@ class MediaCopier:
                 self._put(target, None)
 
     def _work(self, worker: int) -> None:
-        rows = self._queues[worker]
-        sums = self._sums[worker] if self._sums else None
         try:
             while not self._stop.is_set():
                 try:
-                    item = rows.get(timeout=0.1)
+                    item = self._queues[worker].get(timeout=0.1)
                 except queue.Empty:
                     continue
                 if item is None:
                     return
-                number, row = item
-                self._copy(number, row, sums)
+                self._copy(worker, *item)
         except BaseException as exc:
             self._fail(exc)
 
-    def _copy(self, number: int, row: Any, sums: IO[bytes] | None) -> None:
+    def _copy(self, worker: int, number: int, row: Any) -> None:
         name = os.path.basename(row.file_path or "")
         try:
             made, digest = copy_media_file(row, self._root, self.dest, self._earlier)
-            if made and sums is not None:  # a copy is read back, from the page cache as a rule
-                pickle.dump((number, digest or file_digest(self.dest / name), name), sums)
+            if made and self._sums:  # a copy is read back, from the page cache as a rule
+                pickle.dump((number, digest or file_digest(self.dest / name), name), self._sums[worker])
         except OSError as exc:
             if exc.filename is None:  # a write to an open file does not say which file it was
                 exc.filename = str(self.dest / name)
             raise
         with self._lock:
-            if made:
-                self.copied += 1
-            else:
-                self.skipped += 1
+            self.copied += made
+            self.skipped += not made
 
 
 def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earlier | None) -> tuple[bool, str | None]:
     """skyarchive's ``copy_media_file``, rule for rule and warning for warning, but the file is linked from the
-    ``earlier`` export when it is unchanged since, or cloned where it can be, else copied.
-
-    Returns whether the file was made (False: skipped, with a warning, as skyarchive skips it) and, for a
-    link with checksums, its sha256 from the earlier export's SHA256SUMS.
-    """
+    ``earlier`` export when it is unchanged since, or cloned where it can be, else copied. Returns whether it was
+    made (False: skipped, with a warning) and, for a link with checksums, its sha256 from the earlier SHA256SUMS."""
     rel = media.file_path or ""
     name = os.path.basename(rel)
     if not rel or os.path.isabs(rel) or name in ("", ".", ".."):
@@ -294,8 +231,6 @@ def copy_media_file(media: Any, media_root: Path, dest_dir: Path, earlier: Earli
             )
             return False, None
         if digest is None:
-            try:
+            with open(fd, "wb", buffering=0):  # closes fd
                 clone_or_copy(src.fileno(), fd)
-            finally:
-                os.close(fd)
     return True, digest or None
