@@ -1,12 +1,8 @@
-"""The batched export, start to end: the diagram of docs/how-it-works.md, in order.
-
-snapshot → source → at most one spool → encoders on both cores → one ordered writer. The plan (:mod:`.plan`)
-says which source, spool and encoders, once, before anything is made. One lifecycle that always unwinds: each
-resource the export makes registers its undo on one ``ExitStack`` where it is made (the staging directory, the
-media copier, the progress reporter, the posts file, the spool's directory, the child process), so a failure
-unwinds them in the reverse order by construction: the child killed before its spool is removed, the staging
-directory removed last. The read snapshot is held only inside :meth:`_Export._read`, for reading alone. No
-undo raises: the first error is the one the user is told, with its phase (:class:`ExportFailed`).
+"""The batched export, start to end: the diagram of docs/how-it-works.md, in order (snapshot → source → at most
+one spool → encoders on both cores → one ordered writer), as the plan (:mod:`.plan`) says. One lifecycle that
+always unwinds: each resource registers its undo on one ``ExitStack`` where it is made, so a failure unwinds
+them in reverse order (the child killed before its spool goes, the staging directory last); no undo raises, and
+the first error is the one the user is told, with its phase (:class:`ExportFailed`).
 """
 
 from __future__ import annotations
@@ -24,15 +20,7 @@ from . import __version__, pgcopy
 from .blocks import BatchFailed, Block, Copy, Span, Spool, chunks, planned, row_sizes
 from .checksums import SUMS_NAME, file_digest, write_sums
 from .config import Settings
-from .host import (
-    MANIFEST_NAME,
-    MEDIA_DIR_NAME,
-    POSTS_FILE,
-    ExportJob,
-    ExportResult,
-    SkyarchiveError,
-    write_manifest,
-)
+from .host import MANIFEST_NAME, MEDIA_DIR_NAME, POSTS_FILE, ExportJob, ExportResult, SkyarchiveError, write_manifest
 from .media import MediaCopier
 from .pipeline import Child, Pipeline
 from .plan import COPY, DIRECT, Plan, make_plan
@@ -50,13 +38,10 @@ RESERVE = 1 << 20
 
 
 class ExportFailed(SkyarchiveError):
-    """The export failed and left nothing (or says what it could not remove).
-
-    Its facts are attributes: ``phase`` (what the export was doing: ``"reading"`` or ``"writing"`` a ``batch``,
-    or a phase of its own such as ``"copying media files"``), ``batch`` (a :class:`.blocks.Span`, or None),
-    ``cause`` (the exception that stopped it, also its ``__cause__``) and ``leftover`` (the staging directory
-    that could not be removed, or None). The message is one line made of them.
-    """
+    """The export failed and left nothing (or says what it could not remove). Its facts are attributes: ``phase``
+    (docs/failure-handling.md lists them), ``batch`` (a :class:`.blocks.Span`, or None), ``cause`` (also its
+    ``__cause__``), ``leftover`` (a staging directory that could not be removed, or None); the message is one
+    line made of them."""
 
     def __init__(
         self, phase: str, cause: BaseException, reason: str, *, batch: Span | None = None, leftover: str = ""
@@ -321,12 +306,8 @@ class _Export:
         )  # fmt: skip
         if digest is not None:
             self.phase = f"writing {SUMS_NAME}"
-            media_sums = media.sums() if media is not None else iter(())
-            write_sums(
-                staging.path / SUMS_NAME,
-                [(digest, path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)],
-                media_sums,
-            )
+            sums = [(digest, path.name), (file_digest(staging.path / MANIFEST_NAME), MANIFEST_NAME)]
+            write_sums(staging.path / SUMS_NAME, sums, media.sums() if media is not None else iter(()))
         self.phase = "syncing to disk"
         sync_tree(staging.path)
 

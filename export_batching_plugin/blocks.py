@@ -151,7 +151,7 @@ class Copy:
     then writes their export order into a table of positions, so that any process can read any batch.
     """
 
-    ORDER = "created_at DESC, uri ASC"  # the host's POST_ORDER; host.py checks it
+    ORDER = "created_at DESC, uri ASC"  # the host's POST_ORDER (host.py checks that it is this)
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -168,15 +168,11 @@ def label_values(labels: Any) -> list[str]:
 
 def fields(error: type[Exception], *, fast: bool = True) -> tuple[Field, Field]:
     """``(media_of, labels_of)``: the MediaFiles and Labels fields of a post, as the host computes them
-    (``";".join(media_hashes(simplejson.loads(embed_data)))``; ``error``: what invalid JSON raises).
-
-    With ``fast``, the embed is parsed with orjson (half the time), and on any orjson error with simplejson,
-    which then decides (a document orjson refuses but simplejson takes: NaN, a lone surrogate, a BOM, 1e400;
-    or the host's error). ``media_hashes`` keeps only ``str`` values, on which the two parsers agree, as on
-    lists, objects and duplicate keys (the last wins); they differ only on numbers (orjson makes integers
-    beyond 64 bits floats), which it ignores. Labels: ``str(label["val"])`` shows numbers, so orjson's parse
-    is used only when every ``val`` is a str (or missing).
-    """
+    (``";".join(media_hashes(simplejson.loads(embed_data)))``; ``error``: what invalid JSON raises). With
+    ``fast``, the embed is parsed with orjson (half the time), on any orjson error with simplejson, which then
+    decides; the parsers agree on all ``media_hashes`` keeps (strings, lists, objects, duplicate keys) and differ
+    only on numbers, which it ignores. Labels show numbers (``str(val)``): orjson's parse is used only when every
+    ``val`` is a str (or missing)."""
     parse = Parser(error)
 
     def media_of(embed_data: Any, uri: Any) -> str:

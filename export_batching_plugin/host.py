@@ -1,16 +1,8 @@
-"""Every name the plugin takes from skyarchive comes in here, and only here.
-
-Each name is marked **documented** (part of skyarchive's export contract: the
-hook, its arguments and result, and the helpers its ``skyarchive.export``
-docstring lists) or **undocumented** (used all the same, and checked): the
-imports below are grouped so. docs/host-contract.md lists every name, and
-tests/test_host_contract.py (which holds the same list as data) checks each
-against every host release.
-
-This module is imported only once :func:`export_batching_plugin.plugin.create_plugin`
-has found the installed skyarchive among the supported releases; before using it,
-the plugin calls :func:`contract_problems`, and steps aside (skyarchive's own
-exporter runs) if it finds any.
+"""Every name the plugin takes from skyarchive comes in here, and only here, grouped as **documented** (the
+export contract: the hook, its arguments and result, the helpers ``skyarchive.export``'s docstring lists) or
+**undocumented** (used all the same, and checked). docs/host-contract.md lists every name and
+tests/test_host_contract.py checks each against every release. Imported only once :mod:`.plugin` has found a
+supported release; :func:`contract_problems` then decides whether the plugin steps aside.
 """
 
 from __future__ import annotations
@@ -109,7 +101,7 @@ def contract_problems() -> list[str]:
         (_fields(ExportResult) >= {"export_dir", "post_count", "media_count"}, "ExportResult's fields"),
         (_fields(ExportRequest) >= {"did", "format", "since", "until", "media"}, "ExportRequest's fields"),
         (_parameters(selection_criteria) == ["request"], "selection_criteria(request)"),
-        (isinstance(POST_ORDER, Sequence) and len(POST_ORDER) == 2, "POST_ORDER"),
+        ([str(c) for c in POST_ORDER] == ["posts.created_at DESC", "posts.uri ASC"], "POST_ORDER"),  # blocks.Copy
         (_parameters(export.post_record) == ["post"], "post_record(post)"),
         (_parameters(export.csv_row) == ["post"], "csv_row(post)"),
         (isinstance(export.JSON_OPTIONS, Mapping), "JSON_OPTIONS"),

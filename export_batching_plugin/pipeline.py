@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from .blocks import BatchFailed, Block, Chunk, Copy, Spool, _write_all
@@ -133,7 +132,7 @@ class Child:
     def __enter__(self) -> Child:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(BaseException):
             self.close()
 
@@ -309,7 +308,7 @@ class Pipeline:
                 raise
 
     def _chunks(self, block: Block) -> Iterator[Chunk]:
-        """The rows of ``block`` from the spool (read as they are encoded)."""
+        """The rows of ``block`` from the spool, read as they are encoded (a failure to read is the batch's)."""
         assert self.source is not None
         yield from self.source.chunks(block, self.budget)
 

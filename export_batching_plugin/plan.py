@@ -38,6 +38,7 @@ MARGIN_BYTES = 16 << 20
 BASE_FDS, SORT_FDS, SPOOL_FDS, CHILD_FDS, MEDIA_FDS, THREAD_FDS, CHILD_OWN_FDS = 2, 2, 3, 5, 5, 2, 16
 #: More descriptors than this, and nothing need be counted.
 PLENTY_FDS = 64
+UNLIMITED = 1 << 62
 _RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
 
 
@@ -79,12 +80,13 @@ def make_plan(
     """The plan for exporting ``selected`` posts to ``format`` (and ``media``) over ``conn`` (see the module's
     docstring); ``beside``: the folder the export is written into."""
     reasons: list[str] = []
-    limited = _finite(resource.RLIMIT_AS) or _finite(resource.RLIMIT_DATA)
+    limited = min(_soft(resource.RLIMIT_AS), _soft(resource.RLIMIT_DATA)) < UNLIMITED
     if limited:
         reasons.append("an address-space limit: no child, no helper threads, no orjson")
     spool_dir = spool_directory(beside)
-    need = int(_stored(conn, selected) * SPOOL_SHARE) + MARGIN_BYTES
-    room = min(_free(spool_dir), _file_size_limit()) - MARGIN_BYTES
+    archived = count_archive(conn)
+    need = int(_stored(conn) * selected // max(archived, 1) * SPOOL_SHARE) + MARGIN_BYTES
+    room = min(_free(spool_dir), _soft(resource.RLIMIT_FSIZE)) - MARGIN_BYTES
     fds, limit = _free_fds()
     threads = not limited and fds >= PLENTY_FDS
     fds -= BASE_FDS + (MEDIA_FDS + THREAD_FDS * threads if media else 0)
@@ -105,7 +107,7 @@ def make_plan(
     # Without a spool on SQLite, where SQLite could not open its sort's files, or the selection is most of the
     # archive: its created_at index walked, no sort of the whole selection (the ties on created_at sorted alone).
     in_date_order = source == DIRECT and conn.dialect.name == "sqlite" and (
-        fds < SORT_FDS or 2 * selected >= count_archive(conn)
+        fds < SORT_FDS or 2 * selected >= archived
     )  # fmt: skip
     plan = Plan(
         source, child, copy_lines, in_date_order, threads, fast_encoders and not limited, spool_dir, max(room, 0),
@@ -139,19 +141,15 @@ def in_memory(path: Path) -> bool:
     return found in _RAM_FILESYSTEMS
 
 
-def _stored(conn: Connection, selected: int) -> int:
-    """About how many bytes the selection's posts take in the archive (its share of the posts' storage)."""
+def _stored(conn: Connection) -> int:
+    """About how many bytes the archive's posts take (SQLite: its file; PostgreSQL: the table, with its indexes)."""
     if conn.dialect.name == "sqlite":
-        pages = conn.exec_driver_sql("PRAGMA main.page_count").scalar_one()
-        size = conn.exec_driver_sql("PRAGMA main.page_size").scalar_one()
-        stored = int(pages) * int(size)
-    elif conn.dialect.name == "postgresql":
-        stored = int(
-            conn.execute(text("SELECT coalesce(pg_total_relation_size(to_regclass('posts')), 0)")).scalar_one()
+        return int(conn.exec_driver_sql("PRAGMA main.page_count").scalar_one()) * int(
+            conn.exec_driver_sql("PRAGMA main.page_size").scalar_one()
         )
-    else:
-        return selected * 2048  # no way to ask: a generous post
-    return stored * selected // max(count_archive(conn), 1)
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(text("SELECT coalesce(pg_total_relation_size(to_regclass('posts')), 0)")).scalar_one())
+    return int(count_archive(conn)) * 2048  # no way to ask: a generous post
 
 
 def _free(folder: Path) -> int:
@@ -162,20 +160,15 @@ def _free(folder: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def _finite(limit: int) -> bool:
+def _soft(limit: int) -> int:
+    """The soft limit ``limit`` of this process (UNLIMITED where there is none)."""
     soft = resource.getrlimit(limit)[0]
-    return soft != resource.RLIM_INFINITY
-
-
-def _file_size_limit() -> int:
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return 1 << 62 if soft == resource.RLIM_INFINITY else soft
+    return UNLIMITED if soft == resource.RLIM_INFINITY else soft
 
 
 def _free_fds() -> tuple[int, int]:
     """How many more descriptors this process may open, and how many a process may have."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    limit = min(_soft(resource.RLIMIT_NOFILE), 1 << 20)
     try:
         used = len(os.listdir("/proc/self/fd")) - 1  # less the one listing it
     except OSError as exc:

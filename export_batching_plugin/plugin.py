@@ -1,13 +1,10 @@
 """The entry point (``skyarchive.plugins`` → ``export_batching``): thin glue.
 
-skyarchive calls :func:`create_plugin` with the ``[plugins.export_batching]``
-table and registers what it returns. The factory validates the table, then
-checks the installed skyarchive: its release must be one the plugin is proven
-on (:func:`supported_releases`, read from the package metadata) and every name the plugin takes from it must be there,
-with the shape the plugin expects (:mod:`.host`). Then it returns the hooks
-that fit that host (0.4 hands the hook a progress reporter, 0.3 does not).
-On any other host it returns hooks that step aside: skyarchive's own exporter
-runs, and each export says why in one warning line.
+skyarchive calls :func:`create_plugin` with the ``[plugins.export_batching]`` table and registers what it
+returns: the hooks that fit the installed host (0.4 and later hand the hook a progress reporter, 0.3 does not),
+once the table is valid, the release is one the plugin is proven on (:func:`supported_releases`, from the
+package metadata) and every name it takes from the host has the shape it expects (:mod:`.host`); else hooks
+that step aside (skyarchive's own exporter runs, and each export says why in one warning line).
 """
 
 from __future__ import annotations

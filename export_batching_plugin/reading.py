@@ -38,19 +38,11 @@ class NoRoom(Exception):
 
 
 class Snapshot:
-    """A connection inside one read transaction, from :meth:`open` until :meth:`end`.
-
-    The transaction is begun the way the engine is set up to begin it (events, ``isolation_level``), then
-    made a snapshot where that needs more:
-
-    - SQLite: Python's sqlite3 module opens transactions only before writes, so unless the engine's setup
-      already did (SQLAlchemy's pysqlite recipe emits its own BEGIN), an explicit BEGIN makes the count and
-      the queries share one snapshot.
-    - PostgreSQL: ``REPEATABLE READ`` and read-only (SQLAlchemy's ``isolation_level`` and
-      ``postgresql_readonly``, reset when the connection goes back to the pool): one snapshot for the whole
-      transaction, also on an engine set to autocommit; the server's session timeouts are lifted for this
-      transaction only (:func:`_no_timeouts`).
-    """
+    """A connection inside one read transaction, from :meth:`open` until :meth:`end`, begun the way the engine
+    is set up to begin it (events, ``isolation_level``), then made a snapshot where that needs more: on SQLite an
+    explicit BEGIN unless the engine's setup emitted one (Python's sqlite3 begins only before writes); on
+    PostgreSQL ``REPEATABLE READ``, read-only (reset when the connection goes back to the pool), its session
+    timeouts lifted for this transaction only (:func:`_no_timeouts`)."""
 
     def __init__(self, root: Connection, conn: Connection, transaction: Any, copy: str | None) -> None:
         self.conn, self.copy = conn, copy
@@ -92,15 +84,11 @@ class Snapshot:
         return cls(root, conn, transaction, copy_to)
 
     def copy_selection(self, request: ExportRequest, *, media: bool) -> int:
-        """Copy the selection's posts (and, with ``media``, its media rows) into the copy database and end the
-        snapshot; how many posts. Raises NoRoom when the copy outgrows its room.
-
-        The posts are copied in no particular order, which lets SQLite read the archive the cheapest way it
-        knows (in the order it stores the rows: sequentially, even cold and on an archive written oldest first);
-        :meth:`.blocks.Copy.sort` puts them in export order once the snapshot has ended. The copy stores each
-        value as it is (no column types, so no conversions). The media rows, far fewer, are copied in the
-        host's order.
-        """
+        """Copy the selection's posts (with ``media``, its media rows too) into the copy database and end the
+        snapshot; how many posts. Raises NoRoom when the copy outgrows its room. No ``ORDER BY``: SQLite reads
+        the archive the cheapest way (in storage order: sequentially, even cold and on an archive written
+        oldest first), and :meth:`.blocks.Copy.sort` orders the copy after the snapshot. Values are stored as
+        they are (the copy's columns have no types); the media rows, far fewer, in the host's order."""
         posts = _copy_table(posts_table)
         query = select(*posts_table.columns).where(*selection_criteria(request))
         try:
@@ -123,12 +111,9 @@ class Snapshot:
         return copied
 
     def end(self, *, complete: bool) -> None:
-        """End the transaction (again: nothing) and give the connection back (a copy not kept detached).
-
-        When every row was read (``complete``), nothing the database does now can change the export: a failure
-        here (the server dropped the session, say) is logged as a warning. Otherwise it is not reported at all:
-        the failure that stopped the reading is the one that matters.
-        """
+        """End the transaction (again: nothing) and give the connection back (a copy not kept detached). A failure
+        here is logged as a warning when every row was read (``complete``: nothing can change the export now),
+        else not at all (the failure that stopped the reading is the one that matters)."""
         if not self._open:
             return
         self._open = False
@@ -183,14 +168,9 @@ def _detach_copy(conn: Connection) -> None:
 
 
 def _no_timeouts(server_version: tuple[Any, ...]) -> str:
-    """``SET LOCAL`` of the timeouts that could end the read transaction where skyarchive alone completes.
-
-    The plugin reads the selection with one statement for as long as the selection takes, and (without a
-    spool) pauses between fetches while it encodes; a server's ``statement_timeout`` or
-    ``idle_in_transaction_session_timeout`` (or PostgreSQL 17's ``transaction_timeout``) meets that differently
-    from skyarchive's one read. pg_dump, the other long read-only snapshot, sets them to 0 for its session; the
-    plugin does so for its read transaction only (``set_config(…, true)``).
-    """
+    """``SET LOCAL`` of the timeouts that could end the read transaction where skyarchive's one read completes
+    (without a spool the plugin pauses between fetches while it encodes): set to 0 for this transaction only,
+    as pg_dump does for its session."""
     names = ["statement_timeout", "idle_in_transaction_session_timeout"]
     if tuple(server_version[:1]) >= (17,):
         names.append("transaction_timeout")

@@ -1,22 +1,12 @@
 """Per-post encoding, byte-identical to the host's ``post_record``/``csv_row``, and the self-check that proves it.
 
-The host's functions take an object with attributes (an ORM ``Post``); the plugin reads plain row tuples,
-which are cheaper, and encodes them with its fast encoders (:func:`.worker.batch_encoder`, the same in the
-export and in its child process):
-
-- JSON: records are built as ``post_record`` builds them, and encoded with orjson where its bytes are
-  simplejson's, else with simplejson, as the host encodes them (which values: :mod:`.jsonenc`).
-- CSV: the fields ``csv_row`` builds (MediaFiles and Labels with the plugin's copies of the host's
-  ``media_hashes`` and ``label_values``), written as lines without csv.writer but byte-identical to it
-  (:mod:`.csvlines`).
-
-**The self-check.** At each export, :func:`make_encoders` runs the fast encoders and the host's own per-post
-functions (as the host holds them at that moment) on a fixed set of rows (:data:`PROBES`: every column, every
-special case of the fast path, values of the wrong type) and compares the bytes, one row at a time and all
-rows together. If anything differs (a host release that changed how a field is written without changing its
-columns), the export streams with the host's own per-post functions instead: slower, the same bounded memory,
-no child process, the host's bytes; and says so once. ``tests/test_byte_identity.py`` proves the equality on
-random archives for each host release.
+The plugin reads plain row tuples (cheaper than the host's ORM objects) and encodes them with its fast
+encoders (:func:`.worker.batch_encoder`: :mod:`.jsonenc`, :mod:`.csvlines`), the same in the export and its
+child process. At each export, :func:`make_encoders` runs them and the host's own per-post functions (as the
+host holds them at that moment) on a fixed set of rows (:data:`PROBES`: every column, every special case of
+the fast path, values of the wrong type) and compares the bytes, one row at a time and all rows together. If
+anything differs, the export streams with the host's own functions instead (slower, no child process, the
+host's bytes) and says so once. ``tests/test_byte_identity.py`` proves the equality on random archives.
 """
 
 from __future__ import annotations

@@ -37,16 +37,9 @@ PIECE = 1 << 20
 WRITEBACK = 32 << 20
 
 
-def _sync_file_range() -> Callable[..., int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # pragma: no cover - glibc on Linux has it
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    return function
-
-
-_write_back = _sync_file_range()
+_write_back = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+if _write_back is not None:
+    _write_back.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 
 
 class InvalidPost(ValueError):
@@ -109,9 +102,7 @@ class Framing:
                 separator = b",\n"
 
     def tail(self, posts: int) -> bytes:
-        if self.format != "json":
-            return b""
-        return b"\n]\n" if posts else b"[]\n"
+        return b"" if self.format != "json" else b"\n]\n" if posts else b"[]\n"
 
 
 def gathered(pieces: Iterable[Any]) -> Iterator[tuple[list[Any], int]]:

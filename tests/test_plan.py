@@ -124,8 +124,8 @@ def test_an_address_space_limit_means_the_plain_path(
 ) -> None:
     """``ulimit -v``: no child, no helper thread (each reserves a stack), no orjson (it crashes where an
     allocation fails): the export runs as skyarchive would. (The limit itself: test_limits.py, from the CLI.)"""
-    real = plan._finite
-    monkeypatch.setattr(plan, "_finite", lambda limit: limit == resource.RLIMIT_AS or real(limit))
+    real = plan._soft
+    monkeypatch.setattr(plan, "_soft", lambda limit: 1 << 30 if limit == resource.RLIMIT_AS else real(limit))
     monkeypatch.setattr(plan, "CHILD_POSTS", 10)
     started: list[str] = []
     original = threading.Thread.start
