@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import sqlite3
@@ -78,7 +79,7 @@ def test_default_did_is_the_hosts() -> None:
     assert contenders.ARCHIVER_DID != DEFAULT_DID
 
 
-# -- measure.py: SQLite's lock, the spool ---------------------------------------------------------------
+# -- measure.py: SQLite's lock, temporary space, the whole export's memory, its first progress line ------
 
 SAMPLE_LOCKS = """\
 1: POSIX  ADVISORY  READ 4242 fd:01:1234567 1073741826 1073742335
@@ -174,29 +175,238 @@ def test_a_held_read_transaction_is_measured(tmp_path: Path) -> None:
     assert (unwatched["lock_s"], unwatched["lock_longest_s"], unwatched["lock_polls"]) == (None, None, None)
 
 
-#: A child with 2 MiB in an unnamed temporary file, 1 MiB in a file it deleted, 2 MiB in a named one.
-SPOOLER = """
+#: A command with temporary space in every form measure.py counts, 8 MiB in all, and 2 MiB it must not count:
+#: 2 MiB in an unnamed temporary file, 1 MiB in a file it deleted, 3 MiB in a named file inside an
+#: export-batching-* directory (which its child has open too: counted once), 1 MiB in a file whose export-batching-*
+#: directory was removed while it was open; its child (in a session of its own, as the plugin's) holds 1 MiB in an
+#: unnamed file of its own. A 2 MiB named file elsewhere, in a directory whose name only ends so, is not temporary.
+TEMPORARY = """
+import os, shutil, subprocess, sys, tempfile, time
+files = sys.argv[1]
+CHILD = '''
 import os, sys, tempfile, time
-named = open(os.path.join(sys.argv[1], "named"), "wb")
-named.write(b"n" * (2 << 20)); named.flush(); os.fsync(named.fileno())
-spool = tempfile.TemporaryFile(dir=sys.argv[1])
-spool.write(b"s" * (2 << 20)); spool.flush(); os.fsync(spool.fileno())
-deleted = open(os.path.join(sys.argv[1], "deleted"), "wb")
-deleted.write(b"d" * (1 << 20)); deleted.flush(); os.fsync(deleted.fileno())
-os.unlink(os.path.join(sys.argv[1], "deleted"))
-time.sleep(0.3)
-spool.close(); deleted.close()
-time.sleep(0.1)
+shared = open(sys.argv[1], "rb")
+own = tempfile.TemporaryFile(dir=sys.argv[2])
+own.write(b"c" * (1 << 20)); own.flush(); os.fsync(own.fileno())
+print("ready", flush=True)
+time.sleep(0.5)
+'''
+
+
+def fill(path, mib):
+    stream = open(path, "wb") if isinstance(path, str) else path
+    stream.write(b"x" * (mib << 20)); stream.flush(); os.fsync(stream.fileno())
+    return stream
+
+
+os.makedirs(os.path.join(files, "not-export-batching-x"))
+named = fill(os.path.join(files, "not-export-batching-x", "named"), 2)
+spool = fill(tempfile.TemporaryFile(dir=files), 2)
+deleted = fill(os.path.join(files, "deleted"), 1)
+os.unlink(os.path.join(files, "deleted"))
+private = tempfile.mkdtemp(prefix="export-batching-", dir=files)
+copy = fill(os.path.join(private, "copy.db"), 3)
+gone = tempfile.mkdtemp(prefix="export-batching-", dir=files)
+orphan = fill(os.path.join(gone, "rows"), 1)
+shutil.rmtree(gone)
+child = subprocess.Popen([sys.executable, "-I", "-c", CHILD, copy.name, files], stdout=subprocess.PIPE,
+                         start_new_session=True)
+child.stdout.readline()
+child.wait()
+for stream in (spool, deleted, copy, orphan):
+    stream.close()
+shutil.rmtree(private)
+time.sleep(0.2)
 """
 
 
 @linux_only
 @pytest.mark.slow
-def test_the_spool_is_measured(tmp_path: Path) -> None:
+def test_temporary_space_is_measured_over_the_whole_tree(tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
-    found = measured(tmp_path, SPOOLER, str(tmp_path / "files"))
-    assert 3 * 1024 <= found["spool_peak_kb"] <= 3 * 1024 + 64, found  # the named file does not count
-    assert measured(tmp_path, "pass")["spool_peak_kb"] == 0
+    found = measured(tmp_path, TEMPORARY, str(tmp_path / "files"))
+    assert 8 * 1024 <= found["temp_peak_kb"] <= 8 * 1024 + 64, found
+    assert found["processes_peak"] == 2, found
+    assert measured(tmp_path, "pass")["temp_peak_kb"] == 0
+
+
+def test_what_is_temporary_space() -> None:
+    temporary = measure.is_temporary
+    assert temporary("/tmp/tmpabc (deleted)") and temporary("/var/tmp/#393228 (deleted)")  # unlinked, O_TMPFILE
+    assert temporary("/tmp/export-batching-1a2b3c4d/copy.db") and temporary("/out/export-batching-x/y/rows")
+    assert temporary("/tmp/export-batching-1a2b3c4d/rows (deleted)")  # its directory removed meanwhile
+    assert not temporary("/out/exports/posts.json") and not temporary("/tmp/not-export-batching-x/rows")
+    assert not temporary("pipe:[1234]") and not temporary("socket:[99]") and not temporary("anon_inode:[eventfd]")
+    assert not temporary("/memfd:spool (deleted)")  # memory: in the PSS, not on disk
+
+
+#: A command whose child, in a session of its own (as the plugin's), makes a grandchild that holds argv[1] MiB
+#: (touched) for 0.6 s: only the tree's proportional set sizes see it. argv[2] "exec": the grandchild is a new
+#: interpreter; "fork": a fork of the child after the child touched the MiB itself, the two mapping the same pages.
+HOLDER_TREE = """
+import subprocess, sys
+CHILD = '''
+import os, subprocess, sys, time
+mib, how = int(sys.argv[1]), sys.argv[2]
+HOLD = ("import time; b = bytearray(%d << 20); b[::4096] = b'x' * len(b[::4096]); print('ready', flush=True); "
+        "time.sleep(0.6)")
+if how == "fork":
+    b = bytearray(mib << 20); b[::4096] = b"x" * len(b[::4096])
+    if os.fork() == 0:
+        time.sleep(0.6)
+        os._exit(0)
+    print("ready", flush=True)
+    os.wait()
+else:
+    grandchild = subprocess.Popen([sys.executable, "-I", "-c", HOLD % mib], stdout=subprocess.PIPE)
+    print(grandchild.stdout.readline().decode().strip(), flush=True)
+    grandchild.wait()
+'''
+child = subprocess.Popen([sys.executable, "-I", "-c", CHILD, *sys.argv[1:]], stdout=subprocess.PIPE,
+                         start_new_session=True)
+assert child.stdout.readline() == b"ready\\n"
+child.wait()
+"""
+
+
+def needs_smaps_rollup() -> None:
+    if measure.read_pss_kb(os.getpid()) is None:
+        pytest.skip("no /proc/<pid>/smaps_rollup (Linux 4.14 and later)")
+
+
+@linux_only
+@pytest.mark.slow
+def test_the_whole_exports_memory_is_measured(tmp_path: Path) -> None:
+    needs_smaps_rollup()
+    small, big = (measured(tmp_path, HOLDER_TREE, str(mib), "exec") for mib in (1, 97))
+    for found in (small, big):
+        assert found["processes_peak"] == 3 and found["pss_reads"] >= 2, found
+        assert found["vmhwm_kb"] < 40 * 1024, found  # the command alone: a small interpreter
+    assert 90 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 104 * 1024, (small, big)
+    assert 0 < big["pss_read_s"] < big["wall_s"] and big["measure_cpu_s"] < big["wall_s"], big
+
+
+@linux_only
+@pytest.mark.slow
+def test_pages_two_processes_share_count_once(tmp_path: Path) -> None:
+    needs_smaps_rollup()
+    small, big = (measured(tmp_path, HOLDER_TREE, str(mib), "fork") for mib in (1, 96))
+    assert big["processes_peak"] == 3, big
+    # Summed resident sets would count the 96 MiB twice; proportional set sizes count them once.
+    assert 90 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 110 * 1024, (small, big)
+
+
+class FakeProcesses:
+    """The /proc readings a Sampler makes, as a test sets them; each PSS reading takes 5 ms of a fake clock."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now, self.rss, self.pss, self.reads = 0.0, {1: 10_000, 2: 20_000}, {1: 8_000, 2: 15_000}, 0
+        monkeypatch.setattr(measure.Tree, "pids", lambda tree: [1, 2])
+        monkeypatch.setattr(measure, "read_vmhwm_kb", lambda pid: 12_000)
+        monkeypatch.setattr(measure, "read_rss_kb", lambda pid: self.rss.get(pid, 0))
+        monkeypatch.setattr(measure, "temporary_files", lambda pid, found: None)
+        monkeypatch.setattr(measure, "read_pss_kb", self.read_pss)
+
+    def read_pss(self, pid: int) -> int | None:
+        self.reads += 1
+        self.now += 0.005
+        return self.pss.get(pid)
+
+
+def test_pss_is_read_only_where_it_could_raise_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    procs = FakeProcesses(monkeypatch)
+    sampler = measure.Sampler(1, clock=lambda: procs.now)
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_reads, procs.reads, sampler.processes) == (23_000, 1, 2, 2)
+    assert sampler.pss_read_s == pytest.approx(0.01)
+    procs.now = 1.0  # past the budget's wait (0.01 s / PSS_SHARE)
+    procs.rss = {1: 9_000, 2: 14_000}  # 23,000 kB resident: the PSS cannot be above the peak
+    sampler.sample()
+    assert (sampler.pss_reads, procs.reads) == (1, 2)
+    procs.rss, procs.pss = {1: 9_000, 2: 30_000}, {1: 8_000, 2: 25_000}  # a child grew
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_reads) == (33_000, 2)
+    procs.rss, procs.pss, began = {1: 9_000, 2: 60_000}, {1: 8_000, 2: 55_000}, 1.0
+    procs.now = began + 0.01 / measure.PSS_SHARE - 0.02  # within the budget's wait: not read, whatever it would find
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_reads) == (33_000, 2)
+    procs.now = began + 0.01 / measure.PSS_SHARE
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_reads) == (63_000, 3)
+    procs.rss, procs.pss, procs.now = {1: 9_000}, {1: 8_000}, 100.0  # the child exited: the peak stays
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.processes, sampler.vmhwm_kb) == (63_000, 2, 12_000)
+
+
+def test_the_tree_follows_parent_pids(monkeypatch: pytest.MonkeyPatch) -> None:
+    parents = {1: 0, 10: 1, 11: 10, 12: 11, 13: 1, 14: 13, 15: 10}  # 10 starts 11 and 15, 11 starts 12
+    listed, last, reads = [1, 10, 11, 12, 13, 14, 15], [b"15"], []
+    monkeypatch.setattr(measure.os, "listdir", lambda path: [str(pid) for pid in listed] + ["self", "stat"])
+    monkeypatch.setattr(measure, "last_pid", lambda: last[0])
+
+    def read_stat(path: str, mode: str) -> io.BytesIO:
+        pid = int(path.split("/")[2])
+        reads.append(pid)
+        return io.BytesIO(f"{pid} (py (x)) S {parents[pid]} 1 1".encode())
+
+    monkeypatch.setattr(measure, "open", read_stat, raising=False)
+    tree = measure.Tree(10)
+    assert tree.pids()[0] == 10 and sorted(tree.pids()) == [10, 11, 12, 15]
+    assert sorted(reads) == listed  # each parent read once
+    listed.remove(11)  # 11 exits, its child 12 stays (reparented)
+    assert sorted(tree.pids()) == [10, 11, 12, 15] and len(reads) == 7  # no pid given out: /proc not listed again
+    last[0], parents[16] = b"16", 12
+    listed.append(16)
+    assert sorted(tree.pids()) == [10, 12, 15, 16] and reads[7:] == [16]
+
+
+PROGRESS = """
+import sys, time
+err = sys.stderr
+err.write("export: 0/10 posts (0%)\\nexport: copying the selection\\nWARNING: 3/4 posts skipped\\n"); err.flush()
+time.sleep(0.4)
+err.write("export: 3/1"); err.flush()  # a line written in two pieces
+time.sleep(0.05)
+err.write("0 posts (30%)\\n"); err.flush()
+time.sleep(0.3)
+err.write("export: 10/10 posts (100%)\\n")
+"""
+
+
+@linux_only
+@pytest.mark.slow
+def test_the_first_progress_line_is_timed(tmp_path: Path) -> None:
+    found = measured(tmp_path, PROGRESS)
+    assert found["stderr_watched"] and 0.45 <= found["first_progress_s"] <= 0.45 + 0.25, found
+    assert found["first_progress_s"] < found["wall_s"]
+    assert "export: 3/10 posts (30%)\n" in (tmp_path / "err").read_text()  # what it wrote is all there
+    silent = measured(tmp_path, "import sys; print('export: 0/0 posts (100%)', file=sys.stderr)")
+    assert silent["stderr_watched"] and silent["first_progress_s"] is None, silent
+
+
+@linux_only
+def test_progress_is_not_watched_on_a_pipe(tmp_path: Path) -> None:
+    command = [sys.executable, "-I", "-S", str(run.MEASURE), "--report", str(tmp_path / "r.json"), "--",
+               sys.executable, "-c", "import sys; print('export: 5/5 posts (100%)', file=sys.stderr)"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, check=False)
+    assert done.returncode == 0 and done.stderr == b"export: 5/5 posts (100%)\n"
+    found = json.loads((tmp_path / "r.json").read_text())
+    assert (found["stderr_watched"], found["first_progress_s"]) == (False, None)
+
+
+def test_progress_lines_are_parsed() -> None:
+    count = measure.progress_count
+    assert count(b"export: 36000/200000 posts (18%)") == 36000 and count(b"export: 0/5 posts (0%)") == 0
+    for other in (b"export: copying the selection", b"export: 12 posts", b"WARNING: 3/4 posts", b"export: a/b posts",
+                  b" export: 1/2 posts (50%)", b"export: 1/2 items", b""):  # fmt: skip
+        assert count(other) is None, other
+
+
+def test_proc_parsers() -> None:
+    assert measure.parse_ppid(b"4242 (a) b) (c) S 4241 4242 4200 0 -1 4194560") == 4241
+    assert measure.parse_ppid(b"garbage") is None
+    rollup = b"55d0-7ffd ---p 00000000 00:00 0   [rollup]\nRss:  1696 kB\nPss:  246 kB\nPss_Anon: 116 kB\n"
+    assert measure.parse_pss_kb(rollup) == 246 and measure.parse_pss_kb(b"Rss: 1 kB\nPss_Anon: 2 kB\n") is None
 
 
 # -- observe.py: the page cache, PostgreSQL's transactions, the archiver's window ------------------------
@@ -617,7 +827,9 @@ def test_rows_take_medians_ratios_and_identity() -> None:
     assert (media.identical, media.media_files, media.ratios) == (
         False, 3, {"plugin/host": 0.5, "plugin/sqlite3": None, **no_txn}
     )  # fmt: skip
-    assert (lite.read_txn, lite.archiver_errors, lite.archiver_wait, lite.spool_mb) == ({}, {}, {}, {})
+    assert (lite.read_txn, lite.archiver_errors, lite.archiver_wait, lite.temp_mb, lite.pss_mb) == ({},) * 5
+    assert (lite.pss_over_empty_mb, lite.temp_over_stored, lite.first_progress_s) == ({}, {}, {})
+    assert (lite.selection_mb, lite.processes) == (None, {})
     assert (lite.layout, lite.cache, lite.disk, lite.resident_min, lite.resident_max) == ("seeded", "warm", "normal",
                                                                                            None, None)  # fmt: skip
 
@@ -684,15 +896,15 @@ def test_markdown_has_one_table_per_backend_case_and_format() -> None:
     ) in text
 
 
-def test_rows_carry_read_transactions_archiver_spool_and_cache() -> None:
+def test_rows_carry_read_transactions_archiver_temporary_space_and_cache() -> None:
     cold = {"cache": "cold", "layout": "oldest-first"}
     data = [
         *(made_up("host", 1_000, 2.0, repeat=r, lock_longest_s=txn, lock_s=txn, archiver_errors=errors,
-                  archiver_longest_wait_s=wait, archiver_attempts=9, spool_peak_mb=0.0, resident_before=res, **cold)
+                  archiver_longest_wait_s=wait, archiver_attempts=9, temp_peak_mb=0.0, resident_before=res, **cold)
           for r, txn, errors, wait, res in ((1, 1.5, 2, 5.1, 0.01), (2, 1.0, 0, 0.3, 0.0), (3, 2.0, 1, 0.2, 0.02))),
         *(made_up("plugin", 1_000, 1.0, repeat=r, lock_longest_s=txn, archiver_errors=0, archiver_longest_wait_s=0.05,
-                  spool_peak_mb=spool, resident_before=0.0, **cold)
-          for r, txn, spool in ((1, 0.3, 4.0), (2, 0.5, 6.0), (3, 0.4, 5.0))),
+                  temp_peak_mb=temp, resident_before=0.0, **cold)
+          for r, txn, temp in ((1, 0.3, 4.0), (2, 0.5, 6.0), (3, 0.4, 5.0))),
         made_up("sqlite3", 1_000, 0.25, sha="z", resident_before=0.03, **cold),
         made_up("host", 1_000, 1.0, backend=POSTGRESQL, read_txn_s=0.8, read_txn_total_s=0.9),
         made_up("plugin", 1_000, 1.0, backend=POSTGRESQL, read_txn_s=0.2, read_txn_total_s=0.3),
@@ -702,10 +914,10 @@ def test_rows_carry_read_transactions_archiver_spool_and_cache() -> None:
     assert lite.read_txn == {"host": 1.5, "plugin": 0.4}  # medians
     assert lite.ratios["read txn plugin/host"] == pytest.approx(0.4 / 1.5)
     assert lite.archiver_errors == {"host": 2, "plugin": 0} and lite.archiver_wait == {"host": 5.1, "plugin": 0.05}
-    assert lite.spool_mb == {"host": 0.0, "plugin": 5.0}
+    assert lite.temp_mb == {"host": 0.0, "plugin": 5.0}
     assert (lite.resident_min, lite.resident_max) == (0.0, 0.03)
     assert pg.read_txn == {"host": 0.8, "plugin": 0.2} and pg.ratios["read txn plugin/host"] == pytest.approx(0.25)
-    assert (pg.archiver_errors, pg.spool_mb, pg.resident_max) == ({}, {}, None)
+    assert (pg.archiver_errors, pg.temp_mb, pg.resident_max) == ({}, {}, None)
     assert dataclasses.replace(data[0], lock_longest_s=None, read_txn_s=0.7).read_txn == 0.7
 
 
@@ -811,9 +1023,9 @@ def test_markdown_has_one_table_per_measured_combination() -> None:
     cold = {"cache": "cold", "resident_before": 0.004}
     data = [
         made_up("host", 500, 0.5, lock_longest_s=0.2, archiver_attempts=5, archiver_errors=1,
-                archiver_longest_wait_s=5.01, spool_peak_mb=0.0, **cold),
+                archiver_longest_wait_s=5.01, temp_peak_mb=0.0, **cold),
         made_up("plugin", 500, 0.4, lock_longest_s=0.1, archiver_attempts=5, archiver_errors=0,
-                archiver_longest_wait_s=0.02, spool_peak_mb=3.25, **cold),
+                archiver_longest_wait_s=0.02, temp_peak_mb=3.25, **cold),
         made_up("host", 500, 0.9, layout="oldest-first", disk="slow"),
         made_up("host", 500, 0.5),
     ]  # fmt: skip
@@ -827,12 +1039,13 @@ def test_markdown_has_one_table_per_measured_combination() -> None:
     assert (
         "| posts | host s | host MB | plugin s | plugin MB | plugin posts/s | plugin/host | read txn plugin/host "
         "(≤ 1) | host read txn s | plugin read txn s | host archiver errors | plugin archiver errors | host "
-        "archiver wait s | plugin archiver wait s | plugin spool MB | cached before % | identical |"
+        "archiver wait s | plugin archiver wait s | cached before % | identical |"
     ) in text
     assert (
-        "| 500 | 0.500 | 50.0 | 0.400 | 50.0 | 1,250 | 0.80 | 0.50 | 0.200 | 0.100 | 1 | 0 | 5.010 | 0.020 | 3.2 | "
-        "0.4 | yes |" in text
+        "| 500 | 0.500 | 50.0 | 0.400 | 50.0 | 1,250 | 0.80 | 0.50 | 0.200 | 0.100 | 1 | 0 | 5.010 | 0.020 | 0.4 | "
+        "yes |" in text
     )
+    assert "| 500 | plugin | — | — | — | 3.25 | — | — | — |" in text  # the temporary space, in the second table
     assert "| posts | host s | host MB | identical |" in text  # the warm table shows no empty column
     assert "- Layouts: seeded, oldest-first; page cache: warm, cold; disks: normal, slow; archiver: yes" in text
     assert "- Slow disk: so." in text
@@ -989,6 +1202,32 @@ def test_tiny_run_measures_and_checks_every_contender(tiny_run: tuple[Path, list
 
 
 @linux_only
+def test_tiny_run_measures_the_whole_export(tiny_run: tuple[Path, list[str], dict[str, Any]]) -> None:
+    out, results = tiny_run[0].parent / "out", tiny_run[2]
+    stored = {a["size"]: a["selection_bytes"] for a in results["meta"]["archives"]}
+    assert len(stored) == 2 and all(size > 0 for size in stored.values())
+    for m in results["measurements"]:
+        assert m["temp_peak_mb"] >= 0 and m["measure_cpu_s"] >= 0, m
+        assert m["selection_mb"] == pytest.approx(stored[m["size"]] / (1 << 20))
+        if m["exporter"]:  # (sqlite3 may be done before the first poll)
+            assert m["pss_peak_mb"] > 0 and m["pss_reads"] >= 1 and m["processes_peak"] >= 1, m
+        # skyarchive prints "export: N/N posts (100%)" at the end; the empty export's N is 0; the peers print none.
+        counts = m["contender"] in ("host", "plugin", "plugin-checksums")
+        assert (m["first_progress_s"] is not None) == counts, m
+        assert not counts or 0 < m["first_progress_s"] <= m["wall_s"], m
+    for row in results["rows"]:
+        assert set(row["pss_over_empty_mb"]) == set(row["pss_mb"]) - {"plugin-empty"} and row["selection_mb"] > 0
+        assert row["temp_over_stored"].keys() == row["temp_mb"].keys() and "plugin" in row["first_progress_s"]
+    figures = {f["what"] for f in results["derived"]}
+    for what in ("whole-export memory (PSS) minus plugin-empty's", "temporary space over the selection's stored size",
+                 "first progress line (a count above 0)"):  # fmt: skip
+        assert f"plugin {what} at {SIZE} posts" in figures
+    text = (out / run.RESULTS_MD).read_text(encoding="utf-8")
+    assert "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB |" in text
+    assert "MB (one SQLite copy of its posts)" in text
+
+
+@linux_only
 def test_tiny_run_writes_markdown_and_maybe_chart(tiny_run: tuple[Path, list[str], dict[str, Any]]) -> None:
     out = tiny_run[0].parent / "out"
     text = (out / run.RESULTS_MD).read_text(encoding="utf-8")
@@ -1050,7 +1289,7 @@ CONDITIONS = ["--layouts", "seeded,oldest-first", "--cache", "warm,cold", "--slo
               "--sizes", "300", "--formats", "json", "--contenders", "host,plugin,plugin-empty",
               "--media-posts", "0"]  # fmt: skip
 PLANNED = (("host", "normal"), ("host", "slow"), ("plugin", "normal"), ("plugin", "slow"), ("plugin-empty", "normal"))
-NEW_FIELDS = ("layout", "cache", "disk", "resident_before", "spool_peak_mb", "lock_s", "lock_longest_s", "lock_polls",
+NEW_FIELDS = ("layout", "cache", "disk", "resident_before", "temp_peak_mb", "lock_s", "lock_longest_s", "lock_polls",
               "read_txn_s", "read_txn_total_s", "read_txn_polls", "archiver_attempts", "archiver_errors",
               "archiver_longest_wait_s")  # fmt: skip
 
@@ -1116,7 +1355,7 @@ def test_conditions_run_fields_are_sane(conditions_run: tuple[Path, dict[str, An
     _, results, _ = conditions_run
     for m in results["measurements"]:
         assert set(NEW_FIELDS) <= set(m), m
-        assert m["spool_peak_mb"] >= 0 and m["exporter"].startswith(SKYARCHIVE[m["contender"]])
+        assert m["temp_peak_mb"] >= 0 and m["exporter"].startswith(SKYARCHIVE[m["contender"]])
         if m["backend"] == SQLITE:
             assert m["resident_before"] <= run.COLD_MAX if m["cache"] == "cold" else m["resident_before"] >= 0.99, m
             assert 0 <= m["lock_longest_s"] <= m["lock_s"] <= m["wall_s"], m
@@ -1158,4 +1397,4 @@ def test_conditions_run_wires_the_disk_the_lock_and_the_archiver(
         assert rows_of(db, "SELECT count(*), count(DISTINCT did) FROM posts") == [(300, 1)]
     text = (root / "out" / run.RESULTS_MD).read_text(encoding="utf-8")
     assert "### SQLite, JSON (oldest-first, cold cache, slow disk)" in text and "cached before %" in text
-    assert "plugin read txn s" in text and "plugin archiver errors" in text and "plugin spool MB" in text
+    assert "plugin read txn s" in text and "plugin archiver errors" in text and "| temp / stored |" in text
