@@ -1001,6 +1001,81 @@ def test_rss_over_the_empty_export_is_checked_at_every_size() -> None:
     assert not [key for key in alone if "plugin-empty" in key[1]]
 
 
+def test_the_whole_export_is_reported_against_the_empty_export_and_the_stored_size() -> None:
+    data = []
+    for size, stored in ((5_000, 2.0), (100_000, 40.0)):
+        whole = {"selection_mb": stored, "processes_peak": 1}
+        data += [
+            made_up("plugin-empty", size, 0.3, pss_peak_mb=45.0, temp_peak_mb=0.1, **whole),
+            *(made_up("plugin", size, 1.0, repeat=r, pss_peak_mb=pss, temp_peak_mb=temp, first_progress_s=first,
+                      selection_mb=stored, processes_peak=2)
+              for r, pss, temp, first in ((1, 60.0, stored * 0.9, 0.5), (2, 58.0, stored * 1.5, 2.5),
+                                          (3, 70.0, stored * 0.95, 0.7))),
+            made_up("host", size, 3.0, pss_peak_mb=900.0, temp_peak_mb=stored * 2, first_progress_s=3.0, **whole),
+            made_up("plugin", size, 2.0, disk="slow", pss_peak_mb=62.5, temp_peak_mb=stored * 1.1,
+                    first_progress_s=1.9, **whole),  # no empty export on the slow disk: the normal disk's
+        ]  # fmt: skip
+    rows = {(row.disk, row.size): row for row in report.build_rows(data)}
+    normal = rows["normal", 100_000]
+    assert normal.pss_mb == {"host": 900.0, "plugin": 60.0, "plugin-empty": 45.0}  # medians
+    assert normal.pss_over_empty_mb == {"host": 855.0, "plugin": 15.0}
+    assert normal.temp_mb["plugin"] == pytest.approx(38.0) and normal.selection_mb == 40.0
+    assert normal.temp_over_stored == {"host": 2.0, "plugin": pytest.approx(0.95), "plugin-empty": 0.0025}
+    assert normal.first_progress_s == {"host": 3.0, "plugin": 0.7} and normal.processes["plugin"] == 2
+    assert rows["slow", 100_000].pss_over_empty_mb == {"plugin": 17.5}
+    figures = figures_of(data)
+    expected = {
+        (LITE_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (15.0, 16.0, True),
+        (LITE_JSON, "plugin temporary space over the selection's stored size at 100,000 posts"): (0.95, 1.0, True),
+        (LITE_JSON, "plugin first progress line (a count above 0) at 100,000 posts"): (0.7, 2.0, True),
+        (SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (17.5, 16.0, False),
+        (SLOW_JSON, "plugin temporary space over the selection's stored size at 5,000 posts"): (1.1, 1.0, False),
+        (SLOW_JSON, "plugin first progress line (a count above 0) at 5,000 posts"): (1.9, 2.0, True),
+        (LITE_JSON, "plugin whole-export memory (PSS) at 100,000 minus at 5,000 posts"): (0.0, None, None),
+    }
+    found = {key: (pytest.approx(figures[key].value), figures[key].target, figures[key].met) for key in expected}
+    assert found == expected
+    assert not [key for key in figures if key[1].startswith(("host", "plugin-empty")) and "whole-export" in key[1]]
+    line = figures[SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"].line()
+    assert line.endswith(": +17.5 MB (target ≤ 16 MB: **missed**)")
+    text = report.render_markdown(meta(), report.summarise(data))
+    assert (
+        "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB | "
+        "selection stored MB | temp / stored | first progress s |"
+    ) in text
+    assert "| 100,000 | plugin | 60.0 | +15.0 | 2 | 38.00 | 40.00 | 0.95 | 0.70 |" in text
+    assert "| 100,000 | plugin-empty | 45.0 | — | 1 | 0.10 | 40.00 | 0.00 | — |" in text
+    assert "| 100,000 | plugin | 62.5 | +17.5 | 1 | 44.00 | 40.00 | 1.10 | 1.90 |" in text  # the slow disk's
+
+
+SLOW_JSON = "SQLite, JSON (seeded, warm cache, slow disk)"
+
+
+def test_the_chart_shows_the_whole_exports_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed")
+    import matplotlib.axes
+
+    plotted: list[tuple[str, list[float]]] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, title, *a, **k: plotted.append((title, [])))
+    whole = [made_up(c, size, 0.5, rss=50.0, pss_peak_mb=70.0) for c in ("host", "plugin") for size in (500, 5_000)]
+    assert chart.render_chart(report.build_rows(whole), tmp_path / "whole.png") is None
+    assert "Memory of the whole export: every process, PSS summed" in plotted[1][0]
+    plotted.clear()
+    older = [*whole[:3], made_up("plugin", 5_000, 0.5, rss=50.0)]  # a point without it: RSS for all
+    assert chart.render_chart(report.build_rows(older), tmp_path / "older.png") is None
+    assert plotted[1][0].startswith("Peak RSS of the export process")
+
+
+def test_an_archive_says_its_selections_stored_size() -> None:
+    archive = {"backend": SQLITE, "size": 500, "media": False, "rows": "seed", "sqlite": "/w/a.db", "seed_s": None,
+               "selection_bytes": 3 << 20, "selection_s": 0.2}  # fmt: skip
+    assert report.render_archive(archive) == (
+        "SQLite, seeded, 500 posts: `seed` into `/w/a.db`; the selection stored in 3.00 MB (one SQLite copy of its "
+        "posts)"
+    )
+
+
 def test_the_archiver_with_the_plugin_is_compared_with_the_host() -> None:
     def runs(disk: str, host: tuple[int, float], plugin: tuple[int, float]) -> list[Measurement]:
         archiver = {"host": host, "plugin": plugin}
@@ -1099,6 +1174,41 @@ def rows_of(db: Path, sql: str) -> list[Any]:
         rows = conn.execute(sql).fetchall()
     conn.close()
     return rows
+
+
+def posts_db(path: Path, posts: dict[str, tuple[int, int]]) -> Path:
+    """A SQLite file with a posts table: for each DID, (how many posts, characters of text each)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE posts (uri TEXT PRIMARY KEY, did TEXT NOT NULL, text TEXT)")
+        for did, (count, chars) in posts.items():
+            conn.executemany("INSERT INTO posts VALUES (?, ?, ?)",
+                             [(f"at://{did}/{n}", did, "é" * chars) for n in range(count)])  # fmt: skip
+    conn.close()
+    return path
+
+
+def test_the_selections_stored_size(tmp_path: Path) -> None:
+    db = posts_db(tmp_path / "archive.db", {"did:a": (200, 2000), "did:b": (10, 10)})  # 4,000 bytes of text each
+    a, b = archives.stored_selection(db, "did:a"), archives.stored_selection(db, "did:b")
+    assert 200 * 4000 <= a <= 200 * 4000 * 1.2 and a % 4096 == 0, a  # its rows, in whole pages
+    assert b <= 3 * 4096 < a < db.stat().st_size, (b, a)  # the selection only
+    assert archives.stored_selection(db, "did:nobody") <= 2 * 4096
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archive.db"]  # no scratch left behind
+
+
+def test_the_selections_stored_size_is_kept_beside_the_archive(tmp_path: Path) -> None:
+    db, lines = posts_db(tmp_path / "archive.db", {"did:a": (50, 100)}), []
+    size, took = archives.cached_selection(db, "did:a", log=lines.append)
+    assert size == archives.stored_selection(db, "did:a") and took is not None and len(lines) == 1
+    assert archives.cached_selection(db, "did:a", log=lines.append) == (size, None) and len(lines) == 1
+    assert json.loads((tmp_path / "archive.selection.json").read_text())["bytes"] == size
+    other = posts_db(tmp_path / "other.db", {"did:a": (500, 100)})
+    os.replace(other, db)  # the archive made again
+    again, took = archives.cached_selection(db, "did:a", log=lines.append)
+    assert again > size and took is not None and len(lines) == 2
+    assert archives.cached_selection(db, "did:b", log=lines.append)[1] is not None  # another DID
+    (tmp_path / "archive.selection.json").write_text("[1]")  # not a cache it can read: measured again
+    assert archives.cached_selection(db, "did:a", log=lines.append)[1] is not None and len(lines) == 4
 
 
 @pytest.mark.slow
