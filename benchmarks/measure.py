@@ -15,9 +15,10 @@ at files). The report (JSON, written to FILE after the command ends) holds:
 - ``floor_kb``: this wrapper's own ``VmHWM`` when it spawned the command;
 - ``pss_peak_kb``: the whole export's memory: the largest, over the polls (every 20 ms), of the sum of the
   proportional set sizes (``Pss`` of ``/proc/<pid>/smaps_rollup``) of the command and of every descendant alive
-  at that poll (found by their parent pids: see Tree), so that pages two of them share count once; read where
-  it could raise the peak and within a share of the time (see Sampler). None if no reading succeeded.
-  ``pss_reads``: how many polls read it; ``pss_read_s``: the seconds those readings took in all;
+  at that poll (found by their parent pids: see Tree), so that pages two of them share count once; read within
+  a share of the time, and carried from one reading to the next by the RSS counters (see Sampler). None if no
+  reading succeeded. ``pss_read_peak_kb``: the same over the polls that read every process (exact, never
+  more); ``pss_reads``: how many polls read some; ``pss_read_s``: the seconds those readings took in all;
   ``processes_peak``: the most processes of the tree alive at one poll (2: the command and one child);
 - ``temp_peak_kb``: the most temporary disk space the tree held at once: the sum of ``st_blocks * 512`` of the
   regular files its processes have open that are unnamed (deleted, or made with ``O_TMPFILE``: ``readlink`` of
@@ -351,13 +352,21 @@ class Sampler:
     """What one poll of the command's process tree finds, kept at its largest over the polls.
 
     - ``vmhwm_kb``: the command's own ``VmHWM``;
-    - ``pss_kb``: the sum of the proportional set sizes (``Pss`` of ``/proc/<pid>/smaps_rollup``) of the command
-      and its descendants alive at the poll. Reading smaps_rollup walks a process's page tables (about 1.4 ms for
-      60 MB here, 17 ms for 800 MB), so it is read only where it could raise the peak, and at most PSS_SHARE of
-      the time: a poll where the tree's summed RSS (``/proc/<pid>/statm``, counters only) is no more than the peak
-      so far is skipped (a PSS is never above the RSS), and after a reading that took ``d`` seconds the next waits
-      ``d / PSS_SHARE`` from its start (so every 20 ms for a small tree, every 0.1-0.2 s for the plugin's
-      two processes, about every 0.85 s for 800 MB);
+    - ``pss_kb``: the sum of the proportional set sizes of the command and its descendants alive at the poll.
+      ``Pss`` of ``/proc/<pid>/smaps_rollup`` is exact but costly: the kernel walks the process's page tables
+      (about 1.4 ms for 60 MB here, 17 ms for 800 MB, so 0.2 s for skyarchive's 8 GB at 1M posts). So the
+      tree's smaps_rollup are read, all at one poll, whenever a process has started or ended since the last
+      reading (a fork shares its parent's pages, an exit leaves its share to the others), and otherwise at most
+      PSS_SHARE of the time (after a reading that took ``d`` seconds, the next waits ``d / PSS_SHARE`` from its
+      start: every poll for a small tree, every 0.1-0.2 s for the plugin's two processes, every 0.85 s for
+      800 MB). At the polls between, each process's PSS is its last reading plus what its RSS
+      (``/proc/<pid>/statm``: counters, no walk) gained or lost since: exact for the memory a process allocates
+      or frees itself (anonymous memory, private to it), off only by what changed in the pages it shares with
+      other processes meanwhile (a shared library's page that another process drops or maps, a forked page
+      copied on write), which the next reading sets right. A poll where the summed RSS is no more than the peak
+      so far reads nothing (no PSS is above its RSS);
+    - ``pss_read_kb``: the largest sum at the polls that read every process's smaps_rollup (exact; at most
+      ``pss_kb``);
     - ``temp_kb``: the disk space of the temporary files the tree has open (see temporary_files);
     - ``processes``: the most processes in the tree at one poll (alive: a zombie has no memory).
     """
@@ -366,26 +375,39 @@ class Sampler:
         self.pid, self.tree, self.clock = pid, Tree(pid), clock
         self.vmhwm_kb = self.temp_kb = self.processes = self.pss_reads = 0
         self.pss_kb: int | None = None
+        self.pss_read_kb: int | None = None
         self.pss_read_s = self.next_pss = 0.0
+        self.anchors: dict[int, tuple[int, int]] = {}  # pid: (PSS, RSS) at its last reading
+        self.read_pids: set[int] = set()  # the processes alive at the last reading
 
     def sample(self) -> None:
         """One poll."""
         self.vmhwm_kb = max(self.vmhwm_kb, read_vmhwm_kb(self.pid) or 0)
-        alive = [(pid, rss) for pid in self.tree.pids() if (rss := read_rss_kb(pid))]
+        alive = {pid: rss for pid in self.tree.pids() if (rss := read_rss_kb(pid))}
         self.processes = max(self.processes, len(alive))
         found: dict[tuple[int, int], int] = {}
-        for pid, _ in alive:
+        for pid in alive:
             temporary_files(pid, found)
         self.temp_kb = max(self.temp_kb, sum(found.values()) // 1024)
+        changed = self.read_pids != alive.keys()  # a process started or ended since the last reading
+        if not alive or sum(alive.values()) <= (self.pss_kb or 0):
+            return  # this poll cannot raise the peak
         began = self.clock()
-        if alive and began >= self.next_pss and sum(rss for _, rss in alive) > (self.pss_kb or 0):
-            sizes = [read_pss_kb(pid) for pid, _ in alive]
+        if changed or began >= self.next_pss:
+            self.anchors = {pid: (pss, alive[pid]) for pid in alive if (pss := read_pss_kb(pid)) is not None}
+            self.read_pids = set(alive)
             took = self.clock() - began
             self.pss_reads, self.pss_read_s = self.pss_reads + 1, self.pss_read_s + took
             self.next_pss = began + took / PSS_SHARE
-            known = [size for size in sizes if size is not None]
-            if known:
-                self.pss_kb = max(self.pss_kb or 0, sum(known))
+            exact = True
+        else:
+            exact = False
+        if not self.anchors:
+            return  # no smaps_rollup (Linux before 4.14), or every process gone meanwhile
+        total = sum(pss + alive[pid] - rss for pid, (pss, rss) in self.anchors.items() if pid in alive)
+        self.pss_kb = max(self.pss_kb or 0, total)
+        if exact and self.anchors.keys() == alive.keys():
+            self.pss_read_kb = max(self.pss_read_kb or 0, total)
 
 
 def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
@@ -443,7 +465,8 @@ def _wait(
                 progress.poll(ended - started)  # what it wrote last
                 spent = os.times()
                 stats: dict[str, float | int | None] = {
-                    "vmhwm_kb": sampler.vmhwm_kb, "pss_peak_kb": sampler.pss_kb, "pss_reads": sampler.pss_reads,
+                    "vmhwm_kb": sampler.vmhwm_kb, "pss_peak_kb": sampler.pss_kb,
+                    "pss_read_peak_kb": sampler.pss_read_kb, "pss_reads": sampler.pss_reads,
                     "pss_read_s": sampler.pss_read_s, "temp_peak_kb": sampler.temp_kb,
                     "processes_peak": sampler.processes, "first_progress_s": progress.seen_at,
                     "stderr_watched": progress.watched,

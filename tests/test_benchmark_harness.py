@@ -301,7 +301,7 @@ class FakeProcesses:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now, self.rss, self.pss, self.reads = 0.0, {1: 10_000, 2: 20_000}, {1: 8_000, 2: 15_000}, 0
-        monkeypatch.setattr(measure.Tree, "pids", lambda tree: [1, 2])
+        monkeypatch.setattr(measure.Tree, "pids", lambda tree: list(self.rss))
         monkeypatch.setattr(measure, "read_vmhwm_kb", lambda pid: 12_000)
         monkeypatch.setattr(measure, "read_rss_kb", lambda pid: self.rss.get(pid, 0))
         monkeypatch.setattr(measure, "temporary_files", lambda pid, found: None)
@@ -313,29 +313,38 @@ class FakeProcesses:
         return self.pss.get(pid)
 
 
-def test_pss_is_read_only_where_it_could_raise_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pss_is_read_within_its_budget_and_carried_by_the_rss_between(monkeypatch: pytest.MonkeyPatch) -> None:
     procs = FakeProcesses(monkeypatch)
     sampler = measure.Sampler(1, clock=lambda: procs.now)
+    sampler.sample()  # both read: 10 ms
+    assert (sampler.pss_kb, sampler.pss_read_kb, sampler.pss_reads, procs.reads) == (23_000, 23_000, 1, 2)
+    assert sampler.pss_read_s == pytest.approx(0.01) and sampler.processes == 2
+    wait = 0.01 / measure.PSS_SHARE  # before the next reading
+    procs.now = wait / 2
+    procs.rss, procs.pss = {1: 10_000, 2: 50_000}, {1: 8_000, 2: 45_000}  # the child allocated 30 MB
     sampler.sample()
-    assert (sampler.pss_kb, sampler.pss_reads, procs.reads, sampler.processes) == (23_000, 1, 2, 2)
-    assert sampler.pss_read_s == pytest.approx(0.01)
-    procs.now = 1.0  # past the budget's wait (0.01 s / PSS_SHARE)
-    procs.rss = {1: 9_000, 2: 14_000}  # 23,000 kB resident: the PSS cannot be above the peak
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads) == (53_000, 23_000, 2)  # carried by its RSS: not read
+    procs.rss[3], procs.pss = 50_000, {1: 8_000, 2: 25_000, 3: 25_000}  # the child forked: they share 40 MB
+    sampler.sample()  # a new process: every one read at once
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads, sampler.pss_reads) == (58_000, 58_000, 5, 2)
+    procs.now += 0.015 / measure.PSS_SHARE / 2
+    procs.rss[3], procs.pss[3] = 60_000, 35_000  # the fork allocated 10 MB
     sampler.sample()
-    assert (sampler.pss_reads, procs.reads) == (1, 2)
-    procs.rss, procs.pss = {1: 9_000, 2: 30_000}, {1: 8_000, 2: 25_000}  # a child grew
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads, sampler.processes) == (68_000, 58_000, 5, 3)
+    procs.now += 0.015 / measure.PSS_SHARE
+    procs.pss = {1: 8_000, 2: 45_000, 3: 55_000}  # and wrote to the pages they shared: copied on write
+    sampler.sample()  # its budget allows: every one read, exact
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads) == (108_000, 108_000, 8)
+    procs.now += 1.0
+    procs.rss = {1: 10_000, 2: 40_000, 3: 10_000}  # 60,000 kB resident: no PSS can be above the peak
     sampler.sample()
-    assert (sampler.pss_kb, sampler.pss_reads) == (33_000, 2)
-    procs.rss, procs.pss, began = {1: 9_000, 2: 60_000}, {1: 8_000, 2: 55_000}, 1.0
-    procs.now = began + 0.01 / measure.PSS_SHARE - 0.02  # within the budget's wait: not read, whatever it would find
+    assert (sampler.pss_kb, procs.reads, sampler.pss_reads) == (108_000, 8, 3)
+    procs.rss, procs.pss = {1: 10_000}, {1: 8_000}  # the children exited: the peak stays
     sampler.sample()
-    assert (sampler.pss_kb, sampler.pss_reads) == (33_000, 2)
-    procs.now = began + 0.01 / measure.PSS_SHARE
+    assert (sampler.pss_kb, sampler.processes, sampler.vmhwm_kb) == (108_000, 3, 12_000)
+    procs.rss, procs.pss, procs.now = {1: 200_000}, {1: 190_000}, procs.now + 0.001  # grew: read (its child ended)
     sampler.sample()
-    assert (sampler.pss_kb, sampler.pss_reads) == (63_000, 3)
-    procs.rss, procs.pss, procs.now = {1: 9_000}, {1: 8_000}, 100.0  # the child exited: the peak stays
-    sampler.sample()
-    assert (sampler.pss_kb, sampler.processes, sampler.vmhwm_kb) == (63_000, 2, 12_000)
+    assert (sampler.pss_kb, procs.reads, sampler.pss_reads, set(sampler.anchors)) == (190_000, 9, 4, {1})
 
 
 def test_the_tree_follows_parent_pids(monkeypatch: pytest.MonkeyPatch) -> None:
