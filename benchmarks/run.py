@@ -364,6 +364,7 @@ def tree_fields(report: dict[str, Any], selection_bytes: int | None) -> dict[str
     pss = report.get("pss_peak_kb")
     return {
         "pss_peak_mb": None if pss is None else pss / 1024, "pss_reads": report.get("pss_reads"),
+        "pss_read_peak_mb": None if report.get("pss_read_peak_kb") is None else report["pss_read_peak_kb"] / 1024,
         "processes_peak": report.get("processes_peak"), "temp_peak_mb": report["temp_peak_kb"] / 1024,
         "selection_mb": None if selection_bytes is None else selection_bytes / (1 << 20),
         "first_progress_s": report.get("first_progress_s"), "measure_cpu_s": report.get("measure_cpu_s"),

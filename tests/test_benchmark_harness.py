@@ -1037,6 +1037,7 @@ def test_the_whole_export_is_reported_against_the_empty_export_and_the_stored_si
         (LITE_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (15.0, 16.0, True),
         (LITE_JSON, "plugin temporary space over the selection's stored size at 100,000 posts"): (0.95, 1.0, True),
         (LITE_JSON, "plugin first progress line (a count above 0) at 100,000 posts"): (0.7, 2.0, True),
+        (LITE_JSON, "plugin temporary space over skyarchive alone's at 100,000 posts"): (0.475, 1.0, True),
         (SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (17.5, 16.0, False),
         (SLOW_JSON, "plugin temporary space over the selection's stored size at 5,000 posts"): (1.1, 1.0, False),
         (SLOW_JSON, "plugin first progress line (a count above 0) at 5,000 posts"): (1.9, 2.0, True),
@@ -1045,6 +1046,7 @@ def test_the_whole_export_is_reported_against_the_empty_export_and_the_stored_si
     found = {key: (pytest.approx(figures[key].value), figures[key].target, figures[key].met) for key in expected}
     assert found == expected
     assert not [key for key in figures if key[1].startswith(("host", "plugin-empty")) and "whole-export" in key[1]]
+    assert not [key for key in figures if key[0] == SLOW_JSON and "skyarchive alone's" in key[1]]  # no host there
     line = figures[SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"].line()
     assert line.endswith(": +17.5 MB (target ≤ 16 MB: **missed**)")
     text = report.render_markdown(meta(), report.summarise(data))
@@ -1330,6 +1332,7 @@ def test_tiny_run_measures_the_whole_export(tiny_run: tuple[Path, list[str], dic
         assert m["selection_mb"] == pytest.approx(stored[m["size"]] / (1 << 20))
         if m["exporter"]:  # (sqlite3 may be done before the first poll)
             assert m["pss_peak_mb"] > 0 and m["pss_reads"] >= 1 and m["processes_peak"] >= 1, m
+            assert 0 < m["pss_read_peak_mb"] <= m["pss_peak_mb"], m
         # skyarchive prints "export: N/N posts (100%)" at the end; the empty export's N is 0; the peers print none.
         counts = m["contender"] in ("host", "plugin", "plugin-checksums")
         assert (m["first_progress_s"] is not None) == counts, m
