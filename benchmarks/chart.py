@@ -75,7 +75,7 @@ def render_chart(rows: Sequence[Row], path: Path) -> str | None:
     time_ax.set_title("Export wall time")
     if whole:
         rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak PSS (MB, log scale)")
-        rss_ax.set_title("Memory of the whole export: every process, PSS summed (PostgreSQL: client only)")
+        rss_ax.set_title("Memory of the whole export: every process, PSS summed\n(PostgreSQL: the client's only)")
     else:
         rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB, log scale)")
         rss_ax.set_title("Peak RSS of the export process (PostgreSQL: client only)")

@@ -233,9 +233,12 @@ class Figure:
     def line(self) -> str:
         """A Markdown bullet."""
         value, target = UNITS[self.unit]
+        shown = value(self.value)
+        if self.target is not None and not self.met and shown == value(self.target):  # missed by less than shown
+            shown = f"{self.value:.4f}{shown.lstrip('+-.0123456789')}"
         goal = "" if self.target is None else f" (target ≤ {self.target_label}{target(self.target)}: "
         goal += "" if self.target is None else ("met)" if self.met else "**missed**)")
-        return f"- {self.table}, {self.what}: {value(self.value)}{goal}"
+        return f"- {self.table}, {self.what}: {shown}{goal}"
 
 
 def contender_order(name: str) -> int:

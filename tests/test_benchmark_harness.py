@@ -1049,6 +1049,9 @@ def test_the_whole_export_is_reported_against_the_empty_export_and_the_stored_si
     assert not [key for key in figures if key[0] == SLOW_JSON and "skyarchive alone's" in key[1]]  # no host there
     line = figures[SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"].line()
     assert line.endswith(": +17.5 MB (target ≤ 16 MB: **missed**)")
+    barely = report.Figure("T", "temporary space", 1.0042, target=1.0)  # missed by less than two decimals show
+    assert barely.line() == "- T, temporary space: 1.0042x (target ≤ 1x: **missed**)"
+    assert report.Figure("T", "t", 1.0, target=1.0).line() == "- T, t: 1.00x (target ≤ 1x: met)"
     text = report.render_markdown(meta(), report.summarise(data))
     assert (
         "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB | "
