@@ -9,10 +9,16 @@ length; no media rows), inserted oldest first (``ORDER BY created_at ASC, uri DE
 them: ``skyarchive init`` of a scratch file, then sqlite3 attaches the seeded file and runs OLDEST_FIRST_SQL,
 then ``ANALYZE``, and the file is renamed into place. Each archive is reused while its counts (posts, posts of
 the DID, media rows = files in its media folder) are right.
+
+The selection's stored size, which the exports' temporary space is measured against: the size of one SQLite copy
+of the exported posts (``CREATE TABLE posts AS SELECT * FROM src.posts WHERE did = ?`` into a scratch file,
+``page_count * page_size``), taken from the SQLite file the archive's rows come from (a PostgreSQL twin has the
+same rows) and kept beside it in ``<archive>.selection.json`` while the file and the DID are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -67,6 +73,9 @@ ALT_TEXTS = (
     ),
     ("My cat asleep on the keyboard \U0001f63a, paws over the space bar, the screen full of letters.", 640, 960),
 )
+
+
+SELECTION_MADE = "CREATE TABLE posts AS SELECT * FROM src.posts WHERE did = ? into a scratch SQLite file"
 
 
 def oldest_first_sql(columns: Sequence[str]) -> str:
@@ -227,6 +236,46 @@ def make_oldest_first(source: Archive, archive: Archive, *, python: str) -> None
     os.replace(partial, db)
 
 
+def stored_selection(db: Path, did: str) -> int:
+    """Bytes of one SQLite copy of the posts of ``did`` in the SQLite file ``db`` (see the module's docstring)."""
+    scratch = db.with_suffix(".selection.partial.db")
+    scratch.unlink(missing_ok=True)
+    conn = sqlite3.connect(scratch, isolation_level=None, uri=True)
+    try:
+        conn.execute("ATTACH DATABASE ? AS src", (f"file:{db}?mode=ro",))
+        conn.execute("CREATE TABLE posts AS SELECT * FROM src.posts WHERE did = ?", (did,))
+        pages, page_size = (
+            int(conn.execute(f"PRAGMA main.{what}").fetchone()[0]) for what in ("page_count", "page_size")
+        )
+    finally:
+        conn.close()
+        scratch.unlink(missing_ok=True)
+    return pages * page_size
+
+
+def selection_cache(db: Path) -> Path:
+    """Where the stored size of ``db``'s selection is kept."""
+    return db.with_suffix(".selection.json")
+
+
+def cached_selection(db: Path, did: str, *, log: Log) -> tuple[int, float | None]:
+    """``(stored size of the selection of did in db, seconds taken to measure it or None if it was cached)``."""
+    st = db.stat()
+    key = {"did": did, "st_dev": st.st_dev, "st_ino": st.st_ino}
+    try:
+        kept = json.loads(selection_cache(db).read_text(encoding="utf-8"))
+        if {k: kept.get(k) for k in key} == key and isinstance(kept.get("bytes"), int):
+            return kept["bytes"], None
+    except (OSError, ValueError, AttributeError):
+        pass
+    log(f"{db}: measuring the selection's stored size")
+    started = time.perf_counter()
+    size = stored_selection(db, did)
+    took = round(time.perf_counter() - started, 2)
+    selection_cache(db).write_text(json.dumps({**key, "bytes": size}) + "\n", encoding="utf-8")
+    return size, took
+
+
 def timed(log: Log, what: str, make: Callable[..., None], *args: Any, **kwargs: Any) -> float:
     """Say ``what``, run ``make(*args, **kwargs)``, and return how long it took (s)."""
     log(what)
@@ -259,5 +308,9 @@ def ensure_archive(
             log, f"{archive.location}: copying the rows", copy_into_postgresql, source, archive, pg=pg, python=python
         )  # fmt: skip
     reused = made["seed_s"] is None and made.get("layout_s") is None and made.get("copy_s") is None
+    if made["seed_s"] is not None or made.get("layout_s") is not None:
+        selection_cache(Path(source.location)).unlink(missing_ok=True)  # a new file, perhaps on the old inode
+    made["selection_bytes"], made["selection_s"] = cached_selection(Path(source.location), did, log=log)
+    made["selection"] = SELECTION_MADE
     log(f"{archive.location}: {'reused' if reused else 'ready'} ({case.size:,} posts)")
-    return archive, made
+    return dataclasses.replace(archive, selection_bytes=made["selection_bytes"]), made

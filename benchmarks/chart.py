@@ -1,6 +1,8 @@
-"""The chart (matplotlib is optional): median wall time and peak RSS against archive size, log-log, one line
+"""The chart (matplotlib is optional): median wall time and memory against archive size, log-log, one line
 per backend, contender and format, for the runs on the seeded archives with a warm cache and the normal disk
 (the title says so); the media case (one size) and the other layouts, caches and disks are in the tables only.
+The memory is the whole export's (every process it starts, proportional set sizes summed) where every point
+has it, else (older measurements) the export process's peak RSS; the axis says which.
 
 Every line can be told apart: its colour is its contender's, its marker its backend's, its line style its
 format's; the legend below the plots lists each of the three.
@@ -51,11 +53,12 @@ def render_chart(rows: Sequence[Row], path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed"
     lines: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
-    for row in (row for row in rows if not row.media and (row.layout, row.cache, row.disk) == CHARTED):
+    charted = [row for row in rows if not row.media and (row.layout, row.cache, row.disk) == CHARTED]
+    whole = bool(charted) and all(contender in row.pss_mb for row in charted for contender in row.seconds)
+    for row in charted:
         for contender, seconds in row.seconds.items():
-            lines.setdefault((row.backend, contender, row.format), []).append(
-                (row.size, seconds, row.megabytes[contender])
-            )
+            memory = row.pss_mb[contender] if whole else row.megabytes[contender]
+            lines.setdefault((row.backend, contender, row.format), []).append((row.size, seconds, memory))
     if not lines:
         return "nothing was measured on the seeded archives with a warm cache and the normal disk"
     contenders = sorted({key[1] for key in lines}, key=contender_order)
@@ -70,8 +73,12 @@ def render_chart(rows: Sequence[Row], path: Path) -> str | None:
         rss_ax.plot([p[0] for p in points], [p[2] for p in points], **style)
     time_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="wall time (s)")
     time_ax.set_title("Export wall time")
-    rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB, log scale)")
-    rss_ax.set_title("Peak RSS of the export process (PostgreSQL: client only)")
+    if whole:
+        rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak PSS (MB, log scale)")
+        rss_ax.set_title("Memory of the whole export: every process, PSS summed\n(PostgreSQL: the client's only)")
+    else:
+        rss_ax.set(xscale="log", yscale="log", xlabel="posts in the archive", ylabel="peak RSS (MB, log scale)")
+        rss_ax.set_title("Peak RSS of the export process (PostgreSQL: client only)")
     sizes = sorted({p[0] for points in lines.values() for p in points})
     for ax in (time_ax, rss_ax):
         ax.grid(True, which="both", alpha=0.3)

@@ -65,12 +65,14 @@ class Condition:
 
 @dataclass(frozen=True)
 class Archive:
-    """A seeded archive: the URL skyarchive opens, what the peers open (a file or a libpq URI), its media folder."""
+    """A seeded archive: the URL skyarchive opens, what the peers open (a file or a libpq URI), its media folder;
+    the selection's stored size in bytes (see archives.py) once measured."""
 
     case: Case
     url: str
     location: str
     media_dir: Path
+    selection_bytes: int | None = None
 
 
 @dataclass(frozen=True)

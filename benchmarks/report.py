@@ -4,15 +4,19 @@ Every backend and case goes through the same machinery: the measurements fall in
 (backend, media case or not, layout, cache, disk, format); a table has a row per archive size, a pair of
 columns (median s, median MB) per contender measured in it, a column per ratio of RATIOS that applies to it
 and has values, and, where measured, the read transaction of the host and the plugin (median s), what the
-archiver went through during their runs (the most errors, the longest wait over the repeats), the plugin's
-spool (median MB), and on a cold cache how much of the archive was still cached before the runs (at most).
+archiver went through during their runs (the most errors, the longest wait over the repeats), and on a cold
+cache how much of the archive was still cached before the runs (at most). Below each, where measured, a second
+table has a line per size and contender: the whole export's memory (every process it starts, proportional set
+sizes summed: median MB, and that minus the empty export's beside it), the most processes it ran at once, its
+temporary disk space (median MB, and that over the selection's stored size: one SQLite copy of its rows) and
+the time to its first progress line (median s).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .contenders import (
@@ -38,6 +42,11 @@ SCALING_REFERENCE, RSS_REFERENCE, REFERENCE_MIN = 50_000, 10_000, 5_000
 NET_MAX_SIZE = 100_000
 #: The empty export (its peak RSS is the process baseline), and how far above it the plugin may go (MB).
 BASELINE, RSS_OVER_BASELINE_MB = "plugin-empty", 16.0
+#: The plugin's whole export (every process, PSS summed) may go as far above the empty export's (MB); its temporary
+#: space up to this multiple of the selection's stored size; its console must show a count this soon (s).
+PSS_OVER_BASELINE_MB, TEMP_OVER_STORED, FIRST_PROGRESS_S = 16.0, 1.0, 2.0
+#: Whose memory, temporary space and first progress the derived figures hold to those targets.
+PLUGINS = ("plugin", "plugin-checksums")
 #: Whose read transaction and archiver figures the tables show and the derived figures compare.
 LOCKERS = ("host", "plugin")
 WALL, READ_TXN = "wall", "read txn"
@@ -52,6 +61,12 @@ class Measurement:
     ``resident_before``: the fraction of the SQLite file cached just before the run. ``lock_*``: SQLite's
     SHARED lock held by the export (see measure.py); ``read_txn_*``: its PostgreSQL transactions (see
     observe.PgTransactions). ``archiver_*``: the archiver's attempts that overlapped the run (observe.py).
+    ``pss_peak_mb``: the whole export's memory (the command and every process it starts, proportional set sizes
+    summed, at its largest); ``temp_peak_mb``: the temporary disk space the whole export held at its largest
+    (unnamed files and those in ``export-batching-*`` directories); ``selection_mb``: the selection's stored size
+    (one SQLite copy of its posts, see archives.py); ``first_progress_s``: from the start to the first progress
+    line with a count above 0 (see measure.py for each, and for ``pss_read_peak_mb``, ``pss_reads``,
+    ``processes_peak``, ``measure_cpu_s``).
     """
 
     contender: str
@@ -74,7 +89,14 @@ class Measurement:
     cache: str = WARM
     disk: str = NORMAL
     resident_before: float | None = None
-    spool_peak_mb: float | None = None
+    temp_peak_mb: float | None = None
+    pss_peak_mb: float | None = None
+    pss_read_peak_mb: float | None = None
+    pss_reads: int | None = None
+    processes_peak: int | None = None
+    selection_mb: float | None = None
+    first_progress_s: float | None = None
+    measure_cpu_s: float | None = None
     lock_s: float | None = None
     lock_longest_s: float | None = None
     lock_polls: int | None = None
@@ -162,9 +184,15 @@ class Row:
     read_txn: dict[str, float]  # median s, where measured
     archiver_errors: dict[str, int]  # the most of any repeat
     archiver_wait: dict[str, float]  # the longest of any repeat (s)
-    spool_mb: dict[str, float]  # median
     resident_min: float | None  # over the row's runs (SQLite)
     resident_max: float | None
+    pss_mb: dict[str, float] = field(default_factory=dict)  # median, the whole export
+    pss_over_empty_mb: dict[str, float] = field(default_factory=dict)  # pss_mb minus plugin-empty's beside it
+    processes: dict[str, int] = field(default_factory=dict)  # the most at once, any repeat
+    temp_mb: dict[str, float] = field(default_factory=dict)  # median
+    temp_over_stored: dict[str, float] = field(default_factory=dict)  # temp_mb / selection_mb
+    selection_mb: float | None = None
+    first_progress_s: dict[str, float] = field(default_factory=dict)  # median
 
     @property
     def table(self) -> Table:
@@ -205,9 +233,12 @@ class Figure:
     def line(self) -> str:
         """A Markdown bullet."""
         value, target = UNITS[self.unit]
+        shown = value(self.value)
+        if self.target is not None and not self.met and shown == value(self.target):  # missed by less than shown
+            shown = f"{self.value:.4f}{shown.lstrip('+-.0123456789')}"
         goal = "" if self.target is None else f" (target ≤ {self.target_label}{target(self.target)}: "
         goal += "" if self.target is None else ("met)" if self.met else "**missed**)")
-        return f"- {self.table}, {self.what}: {value(self.value)}{goal}"
+        return f"- {self.table}, {self.what}: {shown}{goal}"
 
 
 def contender_order(name: str) -> int:
@@ -273,10 +304,31 @@ def build_rows(measurements: Sequence[Measurement]) -> list[Row]:
             read_txn={c: medians[READ_TXN][_key(place, c)] for c in here if _key(place, c) in medians[READ_TXN]},
             archiver_errors={c: int(v) for c, v in errors.items() if v is not None},
             archiver_wait={c: float(v) for c, v in waits.items() if v is not None},
-            spool_mb={c: statistics.median(v) for c, ms in here.items() if (v := _known(m.spool_peak_mb for m in ms))},
             resident_min=min(resident) if resident else None, resident_max=max(resident) if resident else None,
+            **whole_export(here),
         ))  # fmt: skip
+    rows_at = {(row.table, row.size): row for row in rows}
+    for n, row in enumerate(rows):
+        base = baseline(rows_at, row, "pss_mb")
+        if base is not None:
+            rows[n] = replace(row, pss_over_empty_mb={c: v - base for c, v in row.pss_mb.items() if c != BASELINE})
     return rows
+
+
+def whole_export(here: dict[str, list[Measurement]]) -> dict[str, Any]:
+    """The Row fields of the whole export, from the runs of each contender at one place (table and size)."""
+
+    def medians(attribute: str) -> dict[str, float]:
+        return {c: statistics.median(v) for c, ms in here.items() if (v := _known(getattr(m, attribute) for m in ms))}
+
+    temp = medians("temp_peak_mb")
+    stored = _most(m.selection_mb for ms in here.values() for m in ms)
+    return {
+        "pss_mb": medians("pss_peak_mb"), "temp_mb": temp, "first_progress_s": medians("first_progress_s"),
+        "processes": {c: int(v) for c, ms in here.items() if (v := _most(m.processes_peak for m in ms)) is not None},
+        "selection_mb": stored,
+        "temp_over_stored": {c: v / stored for c, v in temp.items()} if stored else {},
+    }  # fmt: skip
 
 
 def _key(
@@ -342,10 +394,11 @@ def derived_figures(rows: Sequence[Row]) -> list[Figure]:
                                           target=target))  # fmt: skip
         for size, row in sorted(by_size.items()):
             base = baseline(rows_at, row, "megabytes")
-            for name in (n for n in ("plugin", "plugin-checksums") if n in row.megabytes and base is not None):
+            for name in (n for n in PLUGINS if n in row.megabytes and base is not None):
                 over = row.megabytes[name] - (base or 0.0)
                 figures.append(Figure(title, f"{name} peak RSS minus {BASELINE}'s at {size:,} posts", over, unit="MB",
                                       target=RSS_OVER_BASELINE_MB))  # fmt: skip
+            figures += whole_export_figures(title, row)
         host, plugin = LOCKERS
         archiver: tuple[tuple[str, dict[str, Any], str], ...] = (
             ("errors", largest.archiver_errors, ""), ("longest wait", largest.archiver_wait, "s")
@@ -365,6 +418,32 @@ def derived_figures(rows: Sequence[Row]) -> list[Figure]:
         if ref and "plugin" in by_size[ref].megabytes and "plugin" in by_size[big].megabytes:
             spread = by_size[big].megabytes["plugin"] - by_size[ref].megabytes["plugin"]
             figures.append(Figure(title, f"plugin peak RSS at {big:,} minus at {ref:,} posts", spread, unit="MB"))
+        if ref and "plugin" in by_size[ref].pss_mb and "plugin" in by_size[big].pss_mb:
+            spread = by_size[big].pss_mb["plugin"] - by_size[ref].pss_mb["plugin"]
+            what = f"plugin whole-export memory (PSS) at {big:,} minus at {ref:,} posts"
+            figures.append(Figure(title, what, spread, unit="MB"))
+    return figures
+
+
+def whole_export_figures(title: str, row: Row) -> list[Figure]:
+    """The plugin's whole export at one size, against its targets: its memory (every process, PSS summed) over
+    the empty export's beside it, its temporary space over the selection's stored size and over skyarchive
+    alone's (its sort's, where it has one), its first progress."""
+    figures, at = [], f"at {row.size:,} posts"
+    for name in PLUGINS:
+        if name in row.pss_over_empty_mb:
+            what = f"{name} whole-export memory (PSS) minus {BASELINE}'s {at}"
+            figures.append(Figure(title, what, row.pss_over_empty_mb[name], unit="MB", target=PSS_OVER_BASELINE_MB))
+        if name in row.temp_over_stored:
+            what = f"{name} temporary space over the selection's stored size {at}"
+            figures.append(Figure(title, what, row.temp_over_stored[name], target=TEMP_OVER_STORED))
+        over_host = ratio(row.temp_mb.get(name), row.temp_mb.get("host"))
+        if over_host is not None:  # skyarchive alone's own sort (SQLite's temporary files); none on PostgreSQL
+            what = f"{name} temporary space over skyarchive alone's {at}"
+            figures.append(Figure(title, what, over_host, target=1.0))
+        if name in row.first_progress_s:
+            what = f"{name} first progress line (a count above 0) {at}"
+            figures.append(Figure(title, what, row.first_progress_s[name], unit="s", target=FIRST_PROGRESS_S))
     return figures
 
 
@@ -384,12 +463,11 @@ def render_table(rows: Sequence[Row], table: Table) -> list[str]:
         return [c for c in LOCKERS if any(c in getattr(row, attribute) for row in mine)]
 
     txn, errors, waits = columns("read_txn"), columns("archiver_errors"), columns("archiver_wait")
-    spool, cached = [c for c in ("plugin",) if any(c in row.spool_mb for row in mine)], table[3] == COLD
-    cached = cached and any(row.resident_max is not None for row in mine)
+    cached = table[3] == COLD and any(row.resident_max is not None for row in mine)
     header = ["posts", *(f"{c} {unit}" for c in contenders for unit in ("s", "MB")), *["plugin posts/s"] * plugin]
     header += [r.name + ("" if r.target is None else f" (≤ {r.target:g})") for r in ratios]
     header += [f"{c} read txn s" for c in txn] + [f"{c} archiver errors" for c in errors]
-    header += [f"{c} archiver wait s" for c in waits] + [f"{c} spool MB" for c in spool]
+    header += [f"{c} archiver wait s" for c in waits]
     header += [*["cached before %"] * cached, *["media files"] * media, "identical"]
     lines = [f"### {table_title(table)}", "", f"| {' | '.join(header)} |", "|" + "---:|" * (len(header) - 1) + ":---:|"]
     for row in mine:
@@ -402,11 +480,31 @@ def render_table(rows: Sequence[Row], table: Table) -> list[str]:
         cells += [cell(row.read_txn.get(c), ".3f") for c in txn]
         cells += [cell(row.archiver_errors.get(c), "d") for c in errors]
         cells += [cell(row.archiver_wait.get(c), ".3f") for c in waits]
-        cells += [cell(row.spool_mb.get(c), ".1f") for c in spool]
         cells += [cell(None if row.resident_max is None else 100 * row.resident_max, ".1f")] * cached
         cells += [cell(row.media_files, ",d")] * media
         lines.append(f"| {' | '.join(cells)} | {DASH if row.identical is None else 'yes' if row.identical else 'no'} |")
-    return lines
+    return lines + render_whole_export(mine, contenders)
+
+
+def render_whole_export(rows: Sequence[Row], contenders: Sequence[str]) -> list[str]:
+    """The lines of the second table beside a table's ``rows``: per size and contender, the whole export's memory
+    and temporary space, and its first progress line (none if nothing of it was measured)."""
+    lines = [
+        "",
+        "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB | "
+        "selection stored MB | temp / stored | first progress s |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for c in (c for c in contenders if c in row.pss_mb or c in row.temp_mb):
+            over = row.pss_over_empty_mb.get(c)
+            lines.append(
+                f"| {row.size:,} | {c} | {cell(row.pss_mb.get(c), '.1f')} | {cell(over, '+.1f')} | "
+                f"{cell(row.processes.get(c), 'd')} | {cell(row.temp_mb.get(c), '.2f')} | "
+                f"{cell(row.selection_mb, '.2f')} | {cell(row.temp_over_stored.get(c), '.2f')} | "
+                f"{cell(row.first_progress_s.get(c), '.2f')} |"
+            )
+    return lines if len(lines) > 3 else []
 
 
 def render_archive(a: dict[str, Any]) -> str:
@@ -418,7 +516,10 @@ def render_archive(a: dict[str, Any]) -> str:
         line += f", then {a['layout_made']} into `{a['layout_sqlite']}`"
         line += "" if a.get("layout_s") is None else f" ({a['layout_s']} s)"
     line += f", then {a['copy']} into `{a['postgresql']}`" if "copy" in a else ""
-    return line + ("" if a.get("copy_s") is None else f" ({a['copy_s']} s)")
+    line += "" if a.get("copy_s") is None else f" ({a['copy_s']} s)"
+    if a.get("selection_bytes") is not None:
+        line += f"; the selection stored in {a['selection_bytes'] / (1 << 20):,.2f} MB (one SQLite copy of its posts)"
+    return line
 
 
 def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
@@ -442,6 +543,15 @@ def render_meta(meta: dict[str, Any], *, floor_mb: float | None) -> list[str]:
             f"- Peak RSS is max(polled VmHWM, wait4 ru_maxrss) of the export process alone; ru_maxrss cannot go "
             f"below the measuring wrapper's own {floor_mb:.1f} MB, so a figure near that is an upper bound."
         )
+    lines.append(
+        "- The whole export's memory is that of every process it starts, proportional set sizes summed (Pss of "
+        "/proc/<pid>/smaps_rollup of the command and its descendants, found by their parent pids), at its "
+        "largest over polls every 20 ms; smaps_rollup walks the page tables (about 1.4 ms for 60 MB), so it is "
+        "read when a process starts or ends and otherwise for at most 2% of the time, each process's PSS carried "
+        "between readings by what its RSS counters gained or lost (exact for private memory). Its temporary "
+        "space is the disk space (st_blocks) of the regular files the processes have open that are unnamed or "
+        "inside an export-batching-* directory, each file once."
+    )
     return lines
 
 
@@ -472,11 +582,17 @@ def render_markdown(meta: dict[str, Any], summary: Summary) -> str:
         "read txn = the export's read transaction, median s (SQLite: the longest stretch its SHARED lock was held,",
         "from /proc/locks every 5 ms; PostgreSQL: its longest transaction in pg_stat_activity, every 10 ms);",
         "archiver errors and wait = the most failed inserts and the longest insert of the archiver during one",
-        "run (any repeat); spool MB = the disk space of the plugin's unnamed files at their largest, median (its",
-        "spool; SQLite's own temporary sort files would count too: the JSON has the figure of every contender);",
-        "cached before % = how much of the SQLite file was in the page cache just before a cold run, at most;",
+        "run (any repeat); cached before % = how much of the SQLite file was in the page cache just before a",
+        "cold run, at most;",
         "identical = every skyarchive contender wrote the same posts file (sha256) and media files (plugin-empty",
-        "exports nothing and is not compared).",
+        "exports nothing and is not compared). In the second table: whole export MB = the memory of the export",
+        "and every process it starts (proportional set sizes summed), at its largest, median; minus plugin-empty's",
+        "= that minus the same command's exporting an empty selection (the process baseline), beside it;",
+        "processes = the most it ran at once; temp MB = the disk space of the unnamed files and of the files in",
+        "export-batching-* directories that it held open at once, at most, median (SQLite's own sort files count",
+        "too); selection stored MB = one SQLite copy of the selected posts (CREATE TABLE AS SELECT, page_count x",
+        "page_size); first progress s = from the start to the first `export: N/T posts` line with N > 0 on",
+        "standard error (skyarchive prints at most one line per 5 s there, and always the one at 100%), median.",
         "",
         "### Derived figures (from the same run)",
         "",

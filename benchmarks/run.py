@@ -348,13 +348,27 @@ def run_one(
         floor_mb=report["floor_kb"] / 1024, outer_wall_s=outer, output_bytes=posts.stat().st_size,
         sha256=file_digest(posts), exporter=exporter, media_digest=media[0] if media else None,
         media_files=media[1] if media else None, layout=case.layout, cache=condition.cache, disk=condition.disk,
-        resident_before=resident, spool_peak_mb=report["spool_peak_kb"] / 1024, lock_s=report["lock_s"],
-        lock_longest_s=report["lock_longest_s"], lock_polls=report["lock_polls"], **watched,
+        resident_before=resident, lock_s=report["lock_s"], lock_longest_s=report["lock_longest_s"],
+        lock_polls=report["lock_polls"], **watched, **tree_fields(report, archive.selection_bytes),
     )  # fmt: skip
     if reference is not None and skyarchive and contender.same_output:
         check_same(reference, m, f"(kept in {run_dir})")
     shutil.rmtree(run_dir, ignore_errors=True)
     return m
+
+
+def tree_fields(report: dict[str, Any], selection_bytes: int | None) -> dict[str, Any]:
+    """The Measurement fields of the whole export from measure.py's ``report``: its memory (every process it
+    starts, proportional set sizes summed), its temporary space (and the selection's stored size, bytes, to
+    compare it with), its first progress line, and what the polling cost."""
+    pss = report.get("pss_peak_kb")
+    return {
+        "pss_peak_mb": None if pss is None else pss / 1024, "pss_reads": report.get("pss_reads"),
+        "pss_read_peak_mb": None if report.get("pss_read_peak_kb") is None else report["pss_read_peak_kb"] / 1024,
+        "processes_peak": report.get("processes_peak"), "temp_peak_mb": report["temp_peak_kb"] / 1024,
+        "selection_mb": None if selection_bytes is None else selection_bytes / (1 << 20),
+        "first_progress_s": report.get("first_progress_s"), "measure_cpu_s": report.get("measure_cpu_s"),
+    }  # fmt: skip
 
 
 def rotated(items: Sequence[T], by: int) -> list[T]:
@@ -401,7 +415,10 @@ def describe(m: Measurement) -> str:
     where = f"{m.backend:<10} {m.size:>9,}{'+media' * m.media:<6} {m.layout:<12} {m.cache:<4} {m.disk:<6} {m.format:<4}"
     line = f"  {where} r{m.repeat} {m.contender:<16} {m.wall_s:8.3f} s {m.rss_mb:7.1f} MB"
     line += "" if m.read_txn is None else f", read txn {m.read_txn:.3f} s"
-    line += f", spool {m.spool_peak_mb:.2f} MB" if m.spool_peak_mb else ""
+    line += "" if m.pss_peak_mb is None else f", whole export {m.pss_peak_mb:.1f} MB PSS"
+    line += f" ({m.processes_peak} processes)" if (m.processes_peak or 0) > 1 else ""
+    line += f", temp {m.temp_peak_mb:.2f} MB" if m.temp_peak_mb else ""
+    line += "" if m.first_progress_s is None else f", first progress {m.first_progress_s:.2f} s"
     line += "" if m.resident_before is None else f", cached {m.resident_before:.0%}"
     if m.archiver_attempts is not None:
         line += f", archiver: {m.archiver_errors} of {m.archiver_attempts} failed"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import sqlite3
@@ -78,7 +79,7 @@ def test_default_did_is_the_hosts() -> None:
     assert contenders.ARCHIVER_DID != DEFAULT_DID
 
 
-# -- measure.py: SQLite's lock, the spool ---------------------------------------------------------------
+# -- measure.py: SQLite's lock, temporary space, the whole export's memory, its first progress line ------
 
 SAMPLE_LOCKS = """\
 1: POSIX  ADVISORY  READ 4242 fd:01:1234567 1073741826 1073742335
@@ -174,29 +175,247 @@ def test_a_held_read_transaction_is_measured(tmp_path: Path) -> None:
     assert (unwatched["lock_s"], unwatched["lock_longest_s"], unwatched["lock_polls"]) == (None, None, None)
 
 
-#: A child with 2 MiB in an unnamed temporary file, 1 MiB in a file it deleted, 2 MiB in a named one.
-SPOOLER = """
+#: A command with temporary space in every form measure.py counts, 8 MiB in all, and 2 MiB it must not count:
+#: 2 MiB in an unnamed temporary file, 1 MiB in a file it deleted, 3 MiB in a named file inside an
+#: export-batching-* directory (which its child has open too: counted once), 1 MiB in a file whose export-batching-*
+#: directory was removed while it was open; its child (in a session of its own, as the plugin's) holds 1 MiB in an
+#: unnamed file of its own. A 2 MiB named file elsewhere, in a directory whose name only ends so, is not temporary.
+TEMPORARY = """
+import os, shutil, subprocess, sys, tempfile, time
+files = sys.argv[1]
+CHILD = '''
 import os, sys, tempfile, time
-named = open(os.path.join(sys.argv[1], "named"), "wb")
-named.write(b"n" * (2 << 20)); named.flush(); os.fsync(named.fileno())
-spool = tempfile.TemporaryFile(dir=sys.argv[1])
-spool.write(b"s" * (2 << 20)); spool.flush(); os.fsync(spool.fileno())
-deleted = open(os.path.join(sys.argv[1], "deleted"), "wb")
-deleted.write(b"d" * (1 << 20)); deleted.flush(); os.fsync(deleted.fileno())
-os.unlink(os.path.join(sys.argv[1], "deleted"))
-time.sleep(0.3)
-spool.close(); deleted.close()
-time.sleep(0.1)
+shared = open(sys.argv[1], "rb")
+own = tempfile.TemporaryFile(dir=sys.argv[2])
+own.write(b"c" * (1 << 20)); own.flush(); os.fsync(own.fileno())
+print("ready", flush=True)
+time.sleep(0.5)
+'''
+
+
+def fill(path, mib):
+    stream = open(path, "wb") if isinstance(path, str) else path
+    stream.write(b"x" * (mib << 20)); stream.flush(); os.fsync(stream.fileno())
+    return stream
+
+
+os.makedirs(os.path.join(files, "not-export-batching-x"))
+named = fill(os.path.join(files, "not-export-batching-x", "named"), 2)
+spool = fill(tempfile.TemporaryFile(dir=files), 2)
+deleted = fill(os.path.join(files, "deleted"), 1)
+os.unlink(os.path.join(files, "deleted"))
+private = tempfile.mkdtemp(prefix="export-batching-", dir=files)
+copy = fill(os.path.join(private, "copy.db"), 3)
+gone = tempfile.mkdtemp(prefix="export-batching-", dir=files)
+orphan = fill(os.path.join(gone, "rows"), 1)
+shutil.rmtree(gone)
+child = subprocess.Popen([sys.executable, "-I", "-c", CHILD, copy.name, files], stdout=subprocess.PIPE,
+                         start_new_session=True)
+child.stdout.readline()
+child.wait()
+for stream in (spool, deleted, copy, orphan):
+    stream.close()
+shutil.rmtree(private)
+time.sleep(0.2)
 """
 
 
 @linux_only
 @pytest.mark.slow
-def test_the_spool_is_measured(tmp_path: Path) -> None:
+def test_temporary_space_is_measured_over_the_whole_tree(tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
-    found = measured(tmp_path, SPOOLER, str(tmp_path / "files"))
-    assert 3 * 1024 <= found["spool_peak_kb"] <= 3 * 1024 + 64, found  # the named file does not count
-    assert measured(tmp_path, "pass")["spool_peak_kb"] == 0
+    found = measured(tmp_path, TEMPORARY, str(tmp_path / "files"))
+    assert 8 * 1024 <= found["temp_peak_kb"] <= 8 * 1024 + 64, found
+    assert found["processes_peak"] == 2, found
+    assert measured(tmp_path, "pass")["temp_peak_kb"] == 0
+
+
+def test_what_is_temporary_space() -> None:
+    temporary = measure.is_temporary
+    assert temporary("/tmp/tmpabc (deleted)") and temporary("/var/tmp/#393228 (deleted)")  # unlinked, O_TMPFILE
+    assert temporary("/tmp/export-batching-1a2b3c4d/copy.db") and temporary("/out/export-batching-x/y/rows")
+    assert temporary("/tmp/export-batching-1a2b3c4d/rows (deleted)")  # its directory removed meanwhile
+    assert not temporary("/out/exports/posts.json") and not temporary("/tmp/not-export-batching-x/rows")
+    assert not temporary("pipe:[1234]") and not temporary("socket:[99]") and not temporary("anon_inode:[eventfd]")
+    assert not temporary("/memfd:spool (deleted)")  # memory: in the PSS, not on disk
+
+
+#: A command whose child, in a session of its own (as the plugin's), makes a grandchild that holds argv[1] MiB
+#: (touched) for 0.6 s: only the tree's proportional set sizes see it. argv[2] "exec": the grandchild is a new
+#: interpreter; "fork": a fork of the child after the child touched the MiB itself, the two mapping the same pages.
+HOLDER_TREE = """
+import subprocess, sys
+CHILD = '''
+import os, subprocess, sys, time
+mib, how = int(sys.argv[1]), sys.argv[2]
+HOLD = ("import time; b = bytearray(%d << 20); b[::4096] = b'x' * len(b[::4096]); print('ready', flush=True); "
+        "time.sleep(0.6)")
+if how == "fork":
+    b = bytearray(mib << 20); b[::4096] = b"x" * len(b[::4096])
+    if os.fork() == 0:
+        time.sleep(0.6)
+        os._exit(0)
+    print("ready", flush=True)
+    os.wait()
+else:
+    grandchild = subprocess.Popen([sys.executable, "-I", "-c", HOLD % mib], stdout=subprocess.PIPE)
+    print(grandchild.stdout.readline().decode().strip(), flush=True)
+    grandchild.wait()
+'''
+child = subprocess.Popen([sys.executable, "-I", "-c", CHILD, *sys.argv[1:]], stdout=subprocess.PIPE,
+                         start_new_session=True)
+assert child.stdout.readline() == b"ready\\n"
+child.wait()
+"""
+
+
+def needs_smaps_rollup() -> None:
+    if measure.read_pss_kb(os.getpid()) is None:
+        pytest.skip("no /proc/<pid>/smaps_rollup (Linux 4.14 and later)")
+
+
+@linux_only
+@pytest.mark.slow
+def test_the_whole_exports_memory_is_measured(tmp_path: Path) -> None:
+    needs_smaps_rollup()
+    small, big = (measured(tmp_path, HOLDER_TREE, str(mib), "exec") for mib in (1, 97))
+    for found in (small, big):
+        assert found["processes_peak"] == 3 and found["pss_reads"] >= 2, found
+        assert found["vmhwm_kb"] < 40 * 1024, found  # the command alone: a small interpreter
+    assert 90 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 104 * 1024, (small, big)
+    assert 0 < big["pss_read_s"] < big["wall_s"] and big["measure_cpu_s"] < big["wall_s"], big
+
+
+@linux_only
+@pytest.mark.slow
+def test_pages_two_processes_share_count_once(tmp_path: Path) -> None:
+    needs_smaps_rollup()
+    small, big = (measured(tmp_path, HOLDER_TREE, str(mib), "fork") for mib in (1, 96))
+    assert big["processes_peak"] == 3, big
+    # Summed resident sets would count the 96 MiB twice; proportional set sizes count them once.
+    assert 90 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 110 * 1024, (small, big)
+
+
+class FakeProcesses:
+    """The /proc readings a Sampler makes, as a test sets them; each PSS reading takes 5 ms of a fake clock."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now, self.rss, self.pss, self.reads = 0.0, {1: 10_000, 2: 20_000}, {1: 8_000, 2: 15_000}, 0
+        monkeypatch.setattr(measure.Tree, "pids", lambda tree: list(self.rss))
+        monkeypatch.setattr(measure, "read_vmhwm_kb", lambda pid: 12_000)
+        monkeypatch.setattr(measure, "read_rss_kb", lambda pid: self.rss.get(pid, 0))
+        monkeypatch.setattr(measure, "temporary_files", lambda pid, found: None)
+        monkeypatch.setattr(measure, "read_pss_kb", self.read_pss)
+
+    def read_pss(self, pid: int) -> int | None:
+        self.reads += 1
+        self.now += 0.005
+        return self.pss.get(pid)
+
+
+def test_pss_is_read_within_its_budget_and_carried_by_the_rss_between(monkeypatch: pytest.MonkeyPatch) -> None:
+    procs = FakeProcesses(monkeypatch)
+    sampler = measure.Sampler(1, clock=lambda: procs.now)
+    sampler.sample()  # both read: 10 ms
+    assert (sampler.pss_kb, sampler.pss_read_kb, sampler.pss_reads, procs.reads) == (23_000, 23_000, 1, 2)
+    assert sampler.pss_read_s == pytest.approx(0.01) and sampler.processes == 2
+    wait = 0.01 / measure.PSS_SHARE  # before the next reading
+    procs.now = wait / 2
+    procs.rss, procs.pss = {1: 10_000, 2: 50_000}, {1: 8_000, 2: 45_000}  # the child allocated 30 MB
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads) == (53_000, 23_000, 2)  # carried by its RSS: not read
+    procs.rss[3], procs.pss = 50_000, {1: 8_000, 2: 25_000, 3: 25_000}  # the child forked: they share 40 MB
+    sampler.sample()  # a new process: every one read at once
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads, sampler.pss_reads) == (58_000, 58_000, 5, 2)
+    procs.now += 0.015 / measure.PSS_SHARE / 2
+    procs.rss[3], procs.pss[3] = 60_000, 35_000  # the fork allocated 10 MB
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads, sampler.processes) == (68_000, 58_000, 5, 3)
+    procs.now += 0.015 / measure.PSS_SHARE
+    procs.pss = {1: 8_000, 2: 45_000, 3: 55_000}  # and wrote to the pages they shared: copied on write
+    sampler.sample()  # its budget allows: every one read, exact
+    assert (sampler.pss_kb, sampler.pss_read_kb, procs.reads) == (108_000, 108_000, 8)
+    procs.now += 1.0
+    procs.rss = {1: 10_000, 2: 40_000, 3: 10_000}  # 60,000 kB resident: no PSS can be above the peak
+    sampler.sample()
+    assert (sampler.pss_kb, procs.reads, sampler.pss_reads) == (108_000, 8, 3)
+    procs.rss, procs.pss = {1: 10_000}, {1: 8_000}  # the children exited: the peak stays
+    sampler.sample()
+    assert (sampler.pss_kb, sampler.processes, sampler.vmhwm_kb) == (108_000, 3, 12_000)
+    procs.rss, procs.pss, procs.now = {1: 200_000}, {1: 190_000}, procs.now + 0.001  # grew: read (its child ended)
+    sampler.sample()
+    assert (sampler.pss_kb, procs.reads, sampler.pss_reads, set(sampler.anchors)) == (190_000, 9, 4, {1})
+
+
+def test_the_tree_follows_parent_pids(monkeypatch: pytest.MonkeyPatch) -> None:
+    parents = {1: 0, 10: 1, 11: 10, 12: 11, 13: 1, 14: 13, 15: 10}  # 10 starts 11 and 15, 11 starts 12
+    listed, last, reads = [1, 10, 11, 12, 13, 14, 15], [b"15"], []
+    monkeypatch.setattr(measure.os, "listdir", lambda path: [str(pid) for pid in listed] + ["self", "stat"])
+    monkeypatch.setattr(measure, "last_pid", lambda: last[0])
+
+    def read_stat(path: str, mode: str) -> io.BytesIO:
+        pid = int(path.split("/")[2])
+        reads.append(pid)
+        return io.BytesIO(f"{pid} (py (x)) S {parents[pid]} 1 1".encode())
+
+    monkeypatch.setattr(measure, "open", read_stat, raising=False)
+    tree = measure.Tree(10)
+    assert tree.pids()[0] == 10 and sorted(tree.pids()) == [10, 11, 12, 15]
+    assert sorted(reads) == listed  # each parent read once
+    listed.remove(11)  # 11 exits, its child 12 stays (reparented)
+    assert sorted(tree.pids()) == [10, 11, 12, 15] and len(reads) == 7  # no pid given out: /proc not listed again
+    last[0], parents[16] = b"16", 12
+    listed.append(16)
+    assert sorted(tree.pids()) == [10, 12, 15, 16] and reads[7:] == [16]
+
+
+PROGRESS = """
+import sys, time
+err = sys.stderr
+err.write("export: 0/10 posts (0%)\\nexport: copying the selection\\nWARNING: 3/4 posts skipped\\n"); err.flush()
+time.sleep(0.4)
+err.write("export: 3/1"); err.flush()  # a line written in two pieces
+time.sleep(0.05)
+err.write("0 posts (30%)\\n"); err.flush()
+time.sleep(0.3)
+err.write("export: 10/10 posts (100%)\\n")
+"""
+
+
+@linux_only
+@pytest.mark.slow
+def test_the_first_progress_line_is_timed(tmp_path: Path) -> None:
+    found = measured(tmp_path, PROGRESS)
+    assert found["stderr_watched"] and 0.45 <= found["first_progress_s"] <= 0.45 + 0.25, found
+    assert found["first_progress_s"] < found["wall_s"]
+    assert "export: 3/10 posts (30%)\n" in (tmp_path / "err").read_text()  # what it wrote is all there
+    silent = measured(tmp_path, "import sys; print('export: 0/0 posts (100%)', file=sys.stderr)")
+    assert silent["stderr_watched"] and silent["first_progress_s"] is None, silent
+
+
+@linux_only
+def test_progress_is_not_watched_on_a_pipe(tmp_path: Path) -> None:
+    command = [sys.executable, "-I", "-S", str(run.MEASURE), "--report", str(tmp_path / "r.json"), "--",
+               sys.executable, "-c", "import sys; print('export: 5/5 posts (100%)', file=sys.stderr)"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, check=False)
+    assert done.returncode == 0 and done.stderr == b"export: 5/5 posts (100%)\n"
+    found = json.loads((tmp_path / "r.json").read_text())
+    assert (found["stderr_watched"], found["first_progress_s"]) == (False, None)
+
+
+def test_progress_lines_are_parsed() -> None:
+    count = measure.progress_count
+    assert count(b"export: 36000/200000 posts (18%)") == 36000 and count(b"export: 0/5 posts (0%)") == 0
+    for other in (b"export: copying the selection", b"export: 12 posts", b"WARNING: 3/4 posts", b"export: a/b posts",
+                  b" export: 1/2 posts (50%)", b"export: 1/2 items", b""):  # fmt: skip
+        assert count(other) is None, other
+
+
+def test_proc_parsers() -> None:
+    assert measure.parse_ppid(b"4242 (a) b) (c) S 4241 4242 4200 0 -1 4194560") == 4241
+    assert measure.parse_ppid(b"garbage") is None
+    rollup = b"55d0-7ffd ---p 00000000 00:00 0   [rollup]\nRss:  1696 kB\nPss:  246 kB\nPss_Anon: 116 kB\n"
+    assert measure.parse_pss_kb(rollup) == 246 and measure.parse_pss_kb(b"Rss: 1 kB\nPss_Anon: 2 kB\n") is None
 
 
 # -- observe.py: the page cache, PostgreSQL's transactions, the archiver's window ------------------------
@@ -617,7 +836,9 @@ def test_rows_take_medians_ratios_and_identity() -> None:
     assert (media.identical, media.media_files, media.ratios) == (
         False, 3, {"plugin/host": 0.5, "plugin/sqlite3": None, **no_txn}
     )  # fmt: skip
-    assert (lite.read_txn, lite.archiver_errors, lite.archiver_wait, lite.spool_mb) == ({}, {}, {}, {})
+    assert (lite.read_txn, lite.archiver_errors, lite.archiver_wait, lite.temp_mb, lite.pss_mb) == ({},) * 5
+    assert (lite.pss_over_empty_mb, lite.temp_over_stored, lite.first_progress_s) == ({}, {}, {})
+    assert (lite.selection_mb, lite.processes) == (None, {})
     assert (lite.layout, lite.cache, lite.disk, lite.resident_min, lite.resident_max) == ("seeded", "warm", "normal",
                                                                                            None, None)  # fmt: skip
 
@@ -684,15 +905,15 @@ def test_markdown_has_one_table_per_backend_case_and_format() -> None:
     ) in text
 
 
-def test_rows_carry_read_transactions_archiver_spool_and_cache() -> None:
+def test_rows_carry_read_transactions_archiver_temporary_space_and_cache() -> None:
     cold = {"cache": "cold", "layout": "oldest-first"}
     data = [
         *(made_up("host", 1_000, 2.0, repeat=r, lock_longest_s=txn, lock_s=txn, archiver_errors=errors,
-                  archiver_longest_wait_s=wait, archiver_attempts=9, spool_peak_mb=0.0, resident_before=res, **cold)
+                  archiver_longest_wait_s=wait, archiver_attempts=9, temp_peak_mb=0.0, resident_before=res, **cold)
           for r, txn, errors, wait, res in ((1, 1.5, 2, 5.1, 0.01), (2, 1.0, 0, 0.3, 0.0), (3, 2.0, 1, 0.2, 0.02))),
         *(made_up("plugin", 1_000, 1.0, repeat=r, lock_longest_s=txn, archiver_errors=0, archiver_longest_wait_s=0.05,
-                  spool_peak_mb=spool, resident_before=0.0, **cold)
-          for r, txn, spool in ((1, 0.3, 4.0), (2, 0.5, 6.0), (3, 0.4, 5.0))),
+                  temp_peak_mb=temp, resident_before=0.0, **cold)
+          for r, txn, temp in ((1, 0.3, 4.0), (2, 0.5, 6.0), (3, 0.4, 5.0))),
         made_up("sqlite3", 1_000, 0.25, sha="z", resident_before=0.03, **cold),
         made_up("host", 1_000, 1.0, backend=POSTGRESQL, read_txn_s=0.8, read_txn_total_s=0.9),
         made_up("plugin", 1_000, 1.0, backend=POSTGRESQL, read_txn_s=0.2, read_txn_total_s=0.3),
@@ -702,10 +923,10 @@ def test_rows_carry_read_transactions_archiver_spool_and_cache() -> None:
     assert lite.read_txn == {"host": 1.5, "plugin": 0.4}  # medians
     assert lite.ratios["read txn plugin/host"] == pytest.approx(0.4 / 1.5)
     assert lite.archiver_errors == {"host": 2, "plugin": 0} and lite.archiver_wait == {"host": 5.1, "plugin": 0.05}
-    assert lite.spool_mb == {"host": 0.0, "plugin": 5.0}
+    assert lite.temp_mb == {"host": 0.0, "plugin": 5.0}
     assert (lite.resident_min, lite.resident_max) == (0.0, 0.03)
     assert pg.read_txn == {"host": 0.8, "plugin": 0.2} and pg.ratios["read txn plugin/host"] == pytest.approx(0.25)
-    assert (pg.archiver_errors, pg.spool_mb, pg.resident_max) == ({}, {}, None)
+    assert (pg.archiver_errors, pg.temp_mb, pg.resident_max) == ({}, {}, None)
     assert dataclasses.replace(data[0], lock_longest_s=None, read_txn_s=0.7).read_txn == 0.7
 
 
@@ -789,6 +1010,86 @@ def test_rss_over_the_empty_export_is_checked_at_every_size() -> None:
     assert not [key for key in alone if "plugin-empty" in key[1]]
 
 
+def test_the_whole_export_is_reported_against_the_empty_export_and_the_stored_size() -> None:
+    data = []
+    for size, stored in ((5_000, 2.0), (100_000, 40.0)):
+        whole = {"selection_mb": stored, "processes_peak": 1}
+        data += [
+            made_up("plugin-empty", size, 0.3, pss_peak_mb=45.0, temp_peak_mb=0.1, **whole),
+            *(made_up("plugin", size, 1.0, repeat=r, pss_peak_mb=pss, temp_peak_mb=temp, first_progress_s=first,
+                      selection_mb=stored, processes_peak=2)
+              for r, pss, temp, first in ((1, 60.0, stored * 0.9, 0.5), (2, 58.0, stored * 1.5, 2.5),
+                                          (3, 70.0, stored * 0.95, 0.7))),
+            made_up("host", size, 3.0, pss_peak_mb=900.0, temp_peak_mb=stored * 2, first_progress_s=3.0, **whole),
+            made_up("plugin", size, 2.0, disk="slow", pss_peak_mb=62.5, temp_peak_mb=stored * 1.1,
+                    first_progress_s=1.9, **whole),  # no empty export on the slow disk: the normal disk's
+        ]  # fmt: skip
+    rows = {(row.disk, row.size): row for row in report.build_rows(data)}
+    normal = rows["normal", 100_000]
+    assert normal.pss_mb == {"host": 900.0, "plugin": 60.0, "plugin-empty": 45.0}  # medians
+    assert normal.pss_over_empty_mb == {"host": 855.0, "plugin": 15.0}
+    assert normal.temp_mb["plugin"] == pytest.approx(38.0) and normal.selection_mb == 40.0
+    assert normal.temp_over_stored == {"host": 2.0, "plugin": pytest.approx(0.95), "plugin-empty": 0.0025}
+    assert normal.first_progress_s == {"host": 3.0, "plugin": 0.7} and normal.processes["plugin"] == 2
+    assert rows["slow", 100_000].pss_over_empty_mb == {"plugin": 17.5}
+    figures = figures_of(data)
+    expected = {
+        (LITE_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (15.0, 16.0, True),
+        (LITE_JSON, "plugin temporary space over the selection's stored size at 100,000 posts"): (0.95, 1.0, True),
+        (LITE_JSON, "plugin first progress line (a count above 0) at 100,000 posts"): (0.7, 2.0, True),
+        (LITE_JSON, "plugin temporary space over skyarchive alone's at 100,000 posts"): (0.475, 1.0, True),
+        (SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"): (17.5, 16.0, False),
+        (SLOW_JSON, "plugin temporary space over the selection's stored size at 5,000 posts"): (1.1, 1.0, False),
+        (SLOW_JSON, "plugin first progress line (a count above 0) at 5,000 posts"): (1.9, 2.0, True),
+        (LITE_JSON, "plugin whole-export memory (PSS) at 100,000 minus at 5,000 posts"): (0.0, None, None),
+    }
+    found = {key: (pytest.approx(figures[key].value), figures[key].target, figures[key].met) for key in expected}
+    assert found == expected
+    assert not [key for key in figures if key[1].startswith(("host", "plugin-empty")) and "whole-export" in key[1]]
+    assert not [key for key in figures if key[0] == SLOW_JSON and "skyarchive alone's" in key[1]]  # no host there
+    line = figures[SLOW_JSON, "plugin whole-export memory (PSS) minus plugin-empty's at 100,000 posts"].line()
+    assert line.endswith(": +17.5 MB (target ≤ 16 MB: **missed**)")
+    barely = report.Figure("T", "temporary space", 1.0042, target=1.0)  # missed by less than two decimals show
+    assert barely.line() == "- T, temporary space: 1.0042x (target ≤ 1x: **missed**)"
+    assert report.Figure("T", "t", 1.0, target=1.0).line() == "- T, t: 1.00x (target ≤ 1x: met)"
+    text = report.render_markdown(meta(), report.summarise(data))
+    assert (
+        "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB | "
+        "selection stored MB | temp / stored | first progress s |"
+    ) in text
+    assert "| 100,000 | plugin | 60.0 | +15.0 | 2 | 38.00 | 40.00 | 0.95 | 0.70 |" in text
+    assert "| 100,000 | plugin-empty | 45.0 | — | 1 | 0.10 | 40.00 | 0.00 | — |" in text
+    assert "| 100,000 | plugin | 62.5 | +17.5 | 1 | 44.00 | 40.00 | 1.10 | 1.90 |" in text  # the slow disk's
+
+
+SLOW_JSON = "SQLite, JSON (seeded, warm cache, slow disk)"
+
+
+def test_the_chart_shows_the_whole_exports_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed")
+    import matplotlib.axes
+
+    plotted: list[tuple[str, list[float]]] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, title, *a, **k: plotted.append((title, [])))
+    whole = [made_up(c, size, 0.5, rss=50.0, pss_peak_mb=70.0) for c in ("host", "plugin") for size in (500, 5_000)]
+    assert chart.render_chart(report.build_rows(whole), tmp_path / "whole.png") is None
+    assert "Memory of the whole export: every process, PSS summed" in plotted[1][0]
+    plotted.clear()
+    older = [*whole[:3], made_up("plugin", 5_000, 0.5, rss=50.0)]  # a point without it: RSS for all
+    assert chart.render_chart(report.build_rows(older), tmp_path / "older.png") is None
+    assert plotted[1][0].startswith("Peak RSS of the export process")
+
+
+def test_an_archive_says_its_selections_stored_size() -> None:
+    archive = {"backend": SQLITE, "size": 500, "media": False, "rows": "seed", "sqlite": "/w/a.db", "seed_s": None,
+               "selection_bytes": 3 << 20, "selection_s": 0.2}  # fmt: skip
+    assert report.render_archive(archive) == (
+        "SQLite, seeded, 500 posts: `seed` into `/w/a.db`; the selection stored in 3.00 MB (one SQLite copy of its "
+        "posts)"
+    )
+
+
 def test_the_archiver_with_the_plugin_is_compared_with_the_host() -> None:
     def runs(disk: str, host: tuple[int, float], plugin: tuple[int, float]) -> list[Measurement]:
         archiver = {"host": host, "plugin": plugin}
@@ -811,9 +1112,9 @@ def test_markdown_has_one_table_per_measured_combination() -> None:
     cold = {"cache": "cold", "resident_before": 0.004}
     data = [
         made_up("host", 500, 0.5, lock_longest_s=0.2, archiver_attempts=5, archiver_errors=1,
-                archiver_longest_wait_s=5.01, spool_peak_mb=0.0, **cold),
+                archiver_longest_wait_s=5.01, temp_peak_mb=0.0, **cold),
         made_up("plugin", 500, 0.4, lock_longest_s=0.1, archiver_attempts=5, archiver_errors=0,
-                archiver_longest_wait_s=0.02, spool_peak_mb=3.25, **cold),
+                archiver_longest_wait_s=0.02, temp_peak_mb=3.25, **cold),
         made_up("host", 500, 0.9, layout="oldest-first", disk="slow"),
         made_up("host", 500, 0.5),
     ]  # fmt: skip
@@ -827,12 +1128,13 @@ def test_markdown_has_one_table_per_measured_combination() -> None:
     assert (
         "| posts | host s | host MB | plugin s | plugin MB | plugin posts/s | plugin/host | read txn plugin/host "
         "(≤ 1) | host read txn s | plugin read txn s | host archiver errors | plugin archiver errors | host "
-        "archiver wait s | plugin archiver wait s | plugin spool MB | cached before % | identical |"
+        "archiver wait s | plugin archiver wait s | cached before % | identical |"
     ) in text
     assert (
-        "| 500 | 0.500 | 50.0 | 0.400 | 50.0 | 1,250 | 0.80 | 0.50 | 0.200 | 0.100 | 1 | 0 | 5.010 | 0.020 | 3.2 | "
-        "0.4 | yes |" in text
+        "| 500 | 0.500 | 50.0 | 0.400 | 50.0 | 1,250 | 0.80 | 0.50 | 0.200 | 0.100 | 1 | 0 | 5.010 | 0.020 | 0.4 | "
+        "yes |" in text
     )
+    assert "| 500 | plugin | — | — | — | 3.25 | — | — | — |" in text  # the temporary space, in the second table
     assert "| posts | host s | host MB | identical |" in text  # the warm table shows no empty column
     assert "- Layouts: seeded, oldest-first; page cache: warm, cold; disks: normal, slow; archiver: yes" in text
     assert "- Slow disk: so." in text
@@ -886,6 +1188,41 @@ def rows_of(db: Path, sql: str) -> list[Any]:
         rows = conn.execute(sql).fetchall()
     conn.close()
     return rows
+
+
+def posts_db(path: Path, posts: dict[str, tuple[int, int]]) -> Path:
+    """A SQLite file with a posts table: for each DID, (how many posts, characters of text each)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE posts (uri TEXT PRIMARY KEY, did TEXT NOT NULL, text TEXT)")
+        for did, (count, chars) in posts.items():
+            conn.executemany("INSERT INTO posts VALUES (?, ?, ?)",
+                             [(f"at://{did}/{n}", did, "é" * chars) for n in range(count)])  # fmt: skip
+    conn.close()
+    return path
+
+
+def test_the_selections_stored_size(tmp_path: Path) -> None:
+    db = posts_db(tmp_path / "archive.db", {"did:a": (200, 2000), "did:b": (10, 10)})  # 4,000 bytes of text each
+    a, b = archives.stored_selection(db, "did:a"), archives.stored_selection(db, "did:b")
+    assert 200 * 4000 <= a <= 200 * 4000 * 1.2 and a % 4096 == 0, a  # its rows, in whole pages
+    assert b <= 3 * 4096 < a < db.stat().st_size, (b, a)  # the selection only
+    assert archives.stored_selection(db, "did:nobody") <= 2 * 4096
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archive.db"]  # no scratch left behind
+
+
+def test_the_selections_stored_size_is_kept_beside_the_archive(tmp_path: Path) -> None:
+    db, lines = posts_db(tmp_path / "archive.db", {"did:a": (50, 100)}), []
+    size, took = archives.cached_selection(db, "did:a", log=lines.append)
+    assert size == archives.stored_selection(db, "did:a") and took is not None and len(lines) == 1
+    assert archives.cached_selection(db, "did:a", log=lines.append) == (size, None) and len(lines) == 1
+    assert json.loads((tmp_path / "archive.selection.json").read_text())["bytes"] == size
+    other = posts_db(tmp_path / "other.db", {"did:a": (500, 100)})
+    os.replace(other, db)  # the archive made again
+    again, took = archives.cached_selection(db, "did:a", log=lines.append)
+    assert again > size and took is not None and len(lines) == 2
+    assert archives.cached_selection(db, "did:b", log=lines.append)[1] is not None  # another DID
+    (tmp_path / "archive.selection.json").write_text("[1]")  # not a cache it can read: measured again
+    assert archives.cached_selection(db, "did:a", log=lines.append)[1] is not None and len(lines) == 4
 
 
 @pytest.mark.slow
@@ -989,6 +1326,33 @@ def test_tiny_run_measures_and_checks_every_contender(tiny_run: tuple[Path, list
 
 
 @linux_only
+def test_tiny_run_measures_the_whole_export(tiny_run: tuple[Path, list[str], dict[str, Any]]) -> None:
+    out, results = tiny_run[0].parent / "out", tiny_run[2]
+    stored = {a["size"]: a["selection_bytes"] for a in results["meta"]["archives"]}
+    assert len(stored) == 2 and all(size > 0 for size in stored.values())
+    for m in results["measurements"]:
+        assert m["temp_peak_mb"] >= 0 and m["measure_cpu_s"] >= 0, m
+        assert m["selection_mb"] == pytest.approx(stored[m["size"]] / (1 << 20))
+        if m["exporter"]:  # (sqlite3 may be done before the first poll)
+            assert m["pss_peak_mb"] > 0 and m["pss_reads"] >= 1 and m["processes_peak"] >= 1, m
+            assert 0 < m["pss_read_peak_mb"] <= m["pss_peak_mb"], m
+        # skyarchive prints "export: N/N posts (100%)" at the end; the empty export's N is 0; the peers print none.
+        counts = m["contender"] in ("host", "plugin", "plugin-checksums")
+        assert (m["first_progress_s"] is not None) == counts, m
+        assert not counts or 0 < m["first_progress_s"] <= m["wall_s"], m
+    for row in results["rows"]:
+        assert set(row["pss_over_empty_mb"]) == set(row["pss_mb"]) - {"plugin-empty"} and row["selection_mb"] > 0
+        assert row["temp_over_stored"].keys() == row["temp_mb"].keys() and "plugin" in row["first_progress_s"]
+    figures = {f["what"] for f in results["derived"]}
+    for what in ("whole-export memory (PSS) minus plugin-empty's", "temporary space over the selection's stored size",
+                 "first progress line (a count above 0)"):  # fmt: skip
+        assert f"plugin {what} at {SIZE} posts" in figures
+    text = (out / run.RESULTS_MD).read_text(encoding="utf-8")
+    assert "| posts | contender | whole export MB (PSS) | minus plugin-empty's MB | processes | temp MB |" in text
+    assert "MB (one SQLite copy of its posts)" in text
+
+
+@linux_only
 def test_tiny_run_writes_markdown_and_maybe_chart(tiny_run: tuple[Path, list[str], dict[str, Any]]) -> None:
     out = tiny_run[0].parent / "out"
     text = (out / run.RESULTS_MD).read_text(encoding="utf-8")
@@ -1050,7 +1414,7 @@ CONDITIONS = ["--layouts", "seeded,oldest-first", "--cache", "warm,cold", "--slo
               "--sizes", "300", "--formats", "json", "--contenders", "host,plugin,plugin-empty",
               "--media-posts", "0"]  # fmt: skip
 PLANNED = (("host", "normal"), ("host", "slow"), ("plugin", "normal"), ("plugin", "slow"), ("plugin-empty", "normal"))
-NEW_FIELDS = ("layout", "cache", "disk", "resident_before", "spool_peak_mb", "lock_s", "lock_longest_s", "lock_polls",
+NEW_FIELDS = ("layout", "cache", "disk", "resident_before", "temp_peak_mb", "lock_s", "lock_longest_s", "lock_polls",
               "read_txn_s", "read_txn_total_s", "read_txn_polls", "archiver_attempts", "archiver_errors",
               "archiver_longest_wait_s")  # fmt: skip
 
@@ -1116,7 +1480,7 @@ def test_conditions_run_fields_are_sane(conditions_run: tuple[Path, dict[str, An
     _, results, _ = conditions_run
     for m in results["measurements"]:
         assert set(NEW_FIELDS) <= set(m), m
-        assert m["spool_peak_mb"] >= 0 and m["exporter"].startswith(SKYARCHIVE[m["contender"]])
+        assert m["temp_peak_mb"] >= 0 and m["exporter"].startswith(SKYARCHIVE[m["contender"]])
         if m["backend"] == SQLITE:
             assert m["resident_before"] <= run.COLD_MAX if m["cache"] == "cold" else m["resident_before"] >= 0.99, m
             assert 0 <= m["lock_longest_s"] <= m["lock_s"] <= m["wall_s"], m
@@ -1158,4 +1522,4 @@ def test_conditions_run_wires_the_disk_the_lock_and_the_archiver(
         assert rows_of(db, "SELECT count(*), count(DISTINCT did) FROM posts") == [(300, 1)]
     text = (root / "out" / run.RESULTS_MD).read_text(encoding="utf-8")
     assert "### SQLite, JSON (oldest-first, cold cache, slow disk)" in text and "cached before %" in text
-    assert "plugin read txn s" in text and "plugin archiver errors" in text and "plugin spool MB" in text
+    assert "plugin read txn s" in text and "plugin archiver errors" in text and "| temp / stored |" in text
