@@ -298,7 +298,7 @@ def test_an_encoder_that_never_gets_ready_costs_little_and_leaves_nothing(
     engine = make_engine(tmp_path / "a.db")
     fill(engine, [{"text": "é"}], 120)
     started_at = time.monotonic()
-    run_both(engine, tmp_path, batch_size=25, format="jsonl")
+    run_both(engine, tmp_path, batch_size=25, format="json")
     elapsed = time.monotonic() - started_at
     engine.dispose()
     assert elapsed < pipeline.READY_TIMEOUT + 8, elapsed  # the host's export, the plugin's, and the deadline
