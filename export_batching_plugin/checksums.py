@@ -6,10 +6,8 @@ GNU ``sha256sum`` (coreutils 9) writes it: those characters escaped as
 ``\\\\``, ``\\n`` and ``\\r``, and the line prefixed with a backslash, so that
 ``sha256sum -c SHA256SUMS`` finds the file again.
 
-The posts file is hashed as it is written, by the thread that writes it
-(:mod:`.output`: hashlib lets go of the GIL for large updates, so the hashing
-runs on the second core while posts are encoded); the posts file is never
-read again.
+The posts file is hashed as it is written, by its one writer (:class:`.worker.Writer`); it is never read
+again.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from pathlib import Path
 from typing import IO
 
 SUMS_NAME = "SHA256SUMS"
-_CHUNK = 2 << 20
 _BLOCK = 1 << 20
 
 

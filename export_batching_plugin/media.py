@@ -2,7 +2,7 @@
 
 Inside the snapshot, one streamed query lists the media rows in the host's order into an unnamed temporary file
 beside the export (memory does not grow with their number, nothing is left if the process dies). Worker threads
-copy them while the posts are read and after the snapshot, which never waits on a slow disk; without threads (a
+copy them after the snapshot, while the posts are written (the snapshot never waits on a slow disk); without threads (a
 container's task limit), the export's own thread copies them afterwards, as skyarchive does. All rows of one file
 name go to one worker, in order, so the first of them wins, as in the host. Each file is made by skyarchive's
 rules but cloned or linked where it can be (:mod:`.reuse`), made durable by the export's final ``syncfs``
