@@ -124,10 +124,17 @@ class ExportBatching:
     @hookimpl
     def skyarchive_export(self, job: Any) -> Any:
         """Export in batches, or decline (None) below the threshold."""
-        from .batched import export_batched
-        from .progress import Channel
+        return self._export(job, job.report_progress, None)
 
-        return export_batched(job, self.settings, Channel(job.report_progress))
+    def _export(self, job: Any, update: Any, status: Any) -> Any:
+        """The batched export; None (said) where its code cannot be loaded (no room to map orjson: ``ulimit -v``)."""
+        try:
+            from .batched import export_batched
+            from .progress import Channel
+        except (ImportError, MemoryError) as exc:
+            log.warning("export_batching: cannot load the batched exporter (%s); skyarchive exports", exc)
+            return None
+        return export_batched(job, self.settings, Channel(update, status if callable(status) else None))
 
 
 class ExportBatchingWithProgress(ExportBatching):
@@ -136,11 +143,7 @@ class ExportBatchingWithProgress(ExportBatching):
     @hookimpl
     def skyarchive_export(self, job: Any, progress: Any) -> Any:  # type: ignore[override]
         """Export in batches, or decline (None) below the threshold."""
-        from .batched import export_batched
-        from .progress import Channel
-
-        status = getattr(progress, "status", None)  # skyarchive 0.5: what the export is doing, beside the bar
-        return export_batched(job, self.settings, Channel(progress.update, status if callable(status) else None))
+        return self._export(job, progress.update, getattr(progress, "status", None))  # 0.5: status beside the bar
 
 
 def create_plugin(settings: Mapping[str, Any]) -> ExportBatching | StepAside | StandAside:

@@ -122,10 +122,18 @@ def _can_lock(folder: Path) -> bool:
 
 
 def remove_tree(path: Path) -> OSError | None:
-    """Remove the directory ``path`` and everything in it, never following symlinks inside (``shutil.rmtree``);
-    the error that stopped it, or None (also where it is gone)."""
+    """Remove the directory ``path`` and all in it, never following symlinks inside (``shutil.rmtree``; with too
+    few descriptors for it, entry by entry by path); the error that stopped it, or None (also if it is gone)."""
     try:
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            for top, dirs, files in os.walk(path, topdown=False):  # one descriptor at a time
+                for entry in (os.path.join(top, name) for name in files + dirs):
+                    os.unlink(entry) if os.path.islink(entry) or not os.path.isdir(entry) else os.rmdir(entry)
+            os.rmdir(path)
     except OSError as exc:
         return None if isinstance(exc, FileNotFoundError) else exc
     return None

@@ -282,7 +282,8 @@ def test_the_whole_exports_memory_is_measured(tmp_path: Path) -> None:
     for found in (small, big):
         assert found["processes_peak"] == 3 and found["pss_reads"] >= 2, found
         assert found["vmhwm_kb"] < 40 * 1024, found  # the command alone: a small interpreter
-    assert 90 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 104 * 1024, (small, big)
+    # 96 MiB more, less what the shared pages of three interpreters move with what else runs (CI: several MiB)
+    assert 84 * 1024 <= big["pss_peak_kb"] - small["pss_peak_kb"] <= 104 * 1024, (small, big)
     assert 0 < big["pss_read_s"] < big["wall_s"] and big["measure_cpu_s"] < big["wall_s"], big
 
 
