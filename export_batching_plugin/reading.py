@@ -197,18 +197,10 @@ class Stream:
 
 
 def open_stream(conn: Connection, stmt: Select[Any], *, batch_size: int) -> Stream:
-    """Execute ``stmt`` for streaming, on the snapshot's connection.
-
-    - pysqlite: through SQLAlchemy (compiled by the dialect, with the engine's events), then rows are fetched
-      from the result's own DBAPI cursor as plain tuples, skipping SQLAlchemy's row objects, which cost more
-      than the encoding (docs/benchmarks.md, "Measurements behind the design"). The values are the same: the
-      only processor pysqlite's result would apply here, Boolean's, turns 0/1 into False/True, and the
-      encoders take ``bool()``.
-    - psycopg 3, psycopg2: a server-side (named) cursor of the driver's own, on the snapshot's connection,
-      executed with the statement SQLAlchemy compiles: tuples again, ``FETCH n`` per ``fetchmany``, never the
-      whole result client side.
-    - any other driver: SQLAlchemy's rows, with ``stream_results``.
-    """
+    """Execute ``stmt`` for streaming, on the snapshot's connection; rows as plain tuples where the driver allows:
+    pysqlite's own cursor behind SQLAlchemy's result (its row objects cost more than the encoding; the one processor
+    skipped, Boolean's, the encoders' ``bool()`` undoes); psycopg 3's or psycopg2's server-side cursor (``FETCH n``
+    per ``fetchmany``, never the whole result client side); any other driver, SQLAlchemy's rows, streamed."""
     driver = conn.dialect.driver
     if driver == "pysqlite":
         result = conn.execute(stmt)

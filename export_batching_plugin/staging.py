@@ -80,6 +80,7 @@ def check_folder_name(did: str) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)  # dlopen(NULL): the running program, libc included; never fails
 _syncfs: Callable[..., int] | None = getattr(_libc, "syncfs", None)  # None where libc lacks it: fallbacks below
 _renameat2: Callable[..., int] | None = getattr(_libc, "renameat2", None)
+FEW_FILES = 8  # up to this many files (an export without media has 3), an fsync of each rather than a syncfs
 
 
 def _lock(path: Path) -> int | None:
@@ -209,29 +210,39 @@ def rename_noreplace(source: Path, target: Path) -> None:
 
 
 def sync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk: one ``syncfs`` of its filesystem (it flushes other
-    files there too, which costs nothing where little else is written, and commits the journal once, not once per
-    file). Where that is refused (a sandbox) or missing: an ``fsync`` of each file and directory, said once at INFO
-    where refused (only speed is lost); a refused directory fsync is said by :func:`fsync_directory`'s caller."""
-    refused = None
-    if _syncfs is not None:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            failed, code = _syncfs(fd) != 0, ctypes.get_errno()
-        finally:
-            os.close(fd)
-        if not failed:
-            return
-        if code not in _REFUSED:
-            raise OSError(code, os.strerror(code), str(root))
-        refused = os.strerror(code)
-    for folder, _dirs, files in os.walk(root, onerror=_raise):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as file:
-                os.fsync(file.fileno())
-        fsync_directory(Path(folder), quiet=True)
-    if refused is not None:
-        log.info("export_batching: syncfs is refused here (%s); the export's files were synced one by one", refused)
+    """Flush every file and directory under ``root`` to disk: with a few files, an ``fsync`` of each; with many
+    (media), one ``syncfs`` (one journal commit, but it flushes whatever else is written there and stalls other
+    writers meanwhile, an archiver's commits). Where a sandbox refuses the one, the other (a refused syncfs is said
+    once at INFO; a refused directory fsync by :func:`fsync_directory`'s caller)."""
+    walked = list(os.walk(root, onerror=_raise))
+    whole = sum(len(files) for _, _, files in walked) > FEW_FILES
+    try:
+        _sync(root, walked, whole=whole)
+    except OSError as exc:
+        if exc.errno not in _REFUSED:
+            raise
+        _sync(root, walked, whole=not whole)
+        if whole:  # (a refused fsync loses nothing: the syncfs flushes the export's files too)
+            log.info(
+                "export_batching: syncfs is refused here (%s); the export's files were synced one by one", exc.strerror
+            )
+
+
+def _sync(root: Path, walked: list[tuple[str, list[str], list[str]]], *, whole: bool) -> None:
+    if not whole:
+        for folder, _dirs, files in walked:
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as file:
+                    os.fsync(file.fileno())
+            fsync_directory(Path(folder), quiet=True)
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        code = errno.ENOSYS if _syncfs is None else 0 if _syncfs(fd) == 0 else ctypes.get_errno()
+    finally:
+        os.close(fd)
+    if code:
+        raise OSError(code, os.strerror(code), str(root))
 
 
 def _raise(error: OSError) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -160,8 +161,8 @@ def encoded(framing: Framing, block: Block, chunks: Iterable[Chunk], write: Call
     pieces = framing.pieces(chunks, opening=block.first == 0 if opening is None else opening)
     try:
         write(pieces, batch=block, posts=block.count if posts is None else posts)
-    except Exception as exc:  # an OSError, MemoryError, the host's error for a post that is not JSON, ...
-        raise BatchFailed(block.span, exc) from None
+    except Exception as exc:  # an OSError, MemoryError, a post that is not JSON, the child's failure as it said
+        raise (exc if isinstance(exc, BatchFailed) else BatchFailed(block.span, exc)) from None
     finally:  # the rows' cursor closed now, not when the failure is forgotten
         pieces.close()
         if isinstance(chunks, Generator):
@@ -220,12 +221,7 @@ def main(argv: list[str]) -> int:
     """The child: serve the export's commands (see the module's docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the export stops this process itself
     config = json.loads(argv[0])
-    status = os.fdopen(config["status"], "w", encoding="utf-8")
-
-    def say(line: str) -> None:
-        status.write(line + "\n")
-        status.flush()
-
+    say = functools.partial(print, file=os.fdopen(config["status"], "w", encoding="utf-8"), flush=True)
     try:
         _serve(config, say)
     except Stopped:

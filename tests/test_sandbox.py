@@ -204,6 +204,9 @@ def test_a_refused_call_is_never_a_failed_export(seeded: Path, tmp_path: Path, c
         check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=plugin, check=False)
         assert check.returncode == 0
         said = [line for line in done["plugin", fmt][2].splitlines() if SAID[call][1] in line]
+        if call == "syncfs" and fmt == "csv":  # without media, the few files are synced one by one anyway
+            assert said == []
+            continue
         level = SAID[call][0]
         assert len(said) == 1 and said[0].startswith(f"skyarchive: {level}: export_batching: "), said
         assert f"{os.strerror(getattr(errno, code))})" in said[0]
@@ -259,12 +262,13 @@ def test_an_export_that_cannot_lock_is_not_taken_for_stale(tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.usefixtures("filters")
 def test_a_failed_export_leaves_no_owner_folder_it_made(seeded: Path, tmp_path: Path) -> None:
-    """A disk that fails to sync (syncfs: EIO) fails the plugin's export (skyarchive alone never syncs): the
-    owner's folder it made goes with it; one that was there before stays."""
+    """A disk that fails to sync (syncfs, which an export with media files uses: EIO) fails the plugin's export
+    (skyarchive alone never syncs): the owner's folder it made goes with it; one that was there before stays."""
     refused = {"syncfs": "EIO"}
     before = tmp_path / "before" / FOLDER
     before.mkdir(parents=True)
-    runs = [start(seeded, refused, "plugin.toml", tmp_path / name, "--format", "json") for name in ("fresh", "before")]
+    args = ("--format", "json", "--media")
+    runs = [start(seeded, refused, "plugin.toml", tmp_path / name, *args) for name in ("fresh", "before")]
     for process in runs:
         _, err = process.communicate(timeout=120)
         assert process.returncode == 1
@@ -302,6 +306,7 @@ def test_a_refused_directory_sync_is_said_once(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(staging, "_syncfs", syncfs)
+    monkeypatch.setattr(staging, "FEW_FILES", 0)  # as with media files: a syncfs first
     with caplog.at_level(logging.INFO, logger="export_batching_plugin"):
         plugin = export(engine, tmp_path / "plugin", settings={"threshold": 0, "checksums": True})
     assert plugin.error is None and plugin.posts_bytes == host.posts_bytes

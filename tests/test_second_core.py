@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from export_batching_plugin import blocks, pipeline, plan
+from export_batching_plugin import blocks, pipeline, plan, worker
 from export_batching_plugin.batched import ExportFailed, Span
 
 from .differential import fill, run_both
@@ -101,6 +101,22 @@ def test_checksums_come_from_the_child(tmp_path: Path, monkeypatch: pytest.Monke
     assert check.returncode == 0
 
 
+def test_the_childs_failure_met_while_handing_it_a_batch_is_told_as_it_said_it() -> None:
+    """The child may say it failed (its disk full, at its batch) just as the export hands it the bytes of a later
+    batch: that failure reaches the export as the child said it, not wrapped as the later batch's."""
+    said = blocks.BatchFailed(Span(3, 101, 150), OSError(errno.ENOSPC, "No space left on device", "posts.json"))
+
+    def write(pieces: Any, *, batch: Any, posts: int) -> None:
+        list(pieces)
+        raise said
+
+    framing = worker.Framing("jsonl", lambda rows, sizes: iter([b"{}\n" for _ in rows]))
+    with pytest.raises(blocks.BatchFailed) as caught:
+        worker.encoded(framing, blocks.Block(5, 200, 2), iter([([(1,), (2,)], [0, 0])]), write)
+    assert caught.value is said and caught.value.span == Span(3, 101, 150)
+    assert isinstance(caught.value.cause, OSError) and caught.value.cause.errno == errno.ENOSPC
+
+
 def test_a_post_that_is_not_json_fails_as_with_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     processes = started(monkeypatch)
     engine = make_engine(tmp_path / "a.db")
@@ -114,15 +130,18 @@ def test_a_post_that_is_not_json_fails_as_with_the_host(tmp_path: Path, monkeypa
     assert "embed_data is not valid JSON" in str(failure)
 
 
+@pytest.mark.parametrize("depth", [pipeline.DEPTH, 0], ids=["child-encodes", "export-encodes"])
 def test_a_full_disk_in_the_encoder_names_the_batch_and_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, depth: int
 ) -> None:
-    """The encoder process writes posts.json: a disk that fills up (a real 1 MiB tmpfs) is told as the export's."""
+    """The encoder process writes posts.json: a disk that fills up (a real 1 MiB tmpfs) is told as the export's,
+    whether the child fills it with a batch it encoded or with bytes the export encoded and handed it (depth 0)."""
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=False).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
+        monkeypatch.setattr(pipeline, "DEPTH", depth)
         processes = started(monkeypatch)
         engine = make_engine(tmp_path / "a.db")
         fill(engine, [{"text": "x" * 3000}], 1000)

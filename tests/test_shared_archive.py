@@ -14,6 +14,7 @@ whatever the speed of the disk it writes to.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def test_an_archiver_is_never_locked_out_longer_than_with_skyarchive_alone(
         out = tmp_path / f"out-{name}"
         report = tmp_path / f"archiver-{name}.json"
         process = archiver.start_archiver(db, report, did=OTHER, journal_mode=journal, cleanup=True)
+        with contextlib.suppress(OSError):  # as root: what it waits is the lock, not a core the other env holds
+            os.setpriority(os.PRIO_PROCESS, process.pid, -10)
         try:
             time.sleep(0.3)
             started = time.monotonic()

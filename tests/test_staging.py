@@ -422,10 +422,34 @@ def test_a_failed_sync_is_an_error_naming_the_folder(tmp_path: Path, monkeypatch
         ctypes.set_errno(5)
         return -1
 
+    for number in range(staging.FEW_FILES + 1):  # enough files for a syncfs
+        (tmp_path / f"{number}.jpg").write_bytes(b"x")
     monkeypatch.setattr(staging, "_syncfs", eio)
     with pytest.raises(OSError, match="Input/output error") as info:
         staging.sync_tree(tmp_path)
     assert info.value.filename == str(tmp_path)
+
+
+@pytest.mark.parametrize("media", [0, staging.FEW_FILES])
+def test_a_few_files_are_synced_one_by_one_and_many_with_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media: int
+) -> None:
+    """syncfs flushes whatever else is written on the filesystem, and other writers (an archiver's commits) wait
+    meanwhile: an export without media (three files) syncs its own files; with media files, one syncfs."""
+    (tmp_path / "media").mkdir()
+    names = ["posts.json", "manifest.json", "SHA256SUMS", *(f"media/{n}.jpg" for n in range(media))]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    real_fsync, real_syncfs = os.fsync, staging._syncfs
+    assert real_syncfs is not None
+    synced: list[str] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    monkeypatch.setattr(staging, "_syncfs", lambda fd: (synced.append("syncfs"), real_syncfs(fd))[1])
+    staging.sync_tree(tmp_path)
+    if media:
+        assert synced == ["syncfs"]
+    else:
+        assert sorted(synced) == sorted(str(tmp_path / name) for name in ("", "media", *names))
 
 
 def test_without_syncfs_every_file_and_folder_is_synced_and_a_folder_that_cannot_be_listed_is_an_error(
