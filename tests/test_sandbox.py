@@ -406,14 +406,20 @@ def test_an_existing_export_directory_stops_the_export_before_any_work(archive: 
     assert [p.name for p in job.export_dir.iterdir()] == ["keep"]
 
 
-def test_a_claim_left_by_a_killed_export_is_taken_over(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Its export was killed after the cleanup had looked (so the claim itself finds it stale)."""
+def stale_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A final name and its claim, left by an export killed after the cleanup had looked (so the next claim
+    itself finds it stale)."""
     final = tmp_path / "did" / "2025-06-01_12-00-00"
     claim = final.with_name(f".{final.name}.staging-export")
     (claim / "media").mkdir(parents=True)
     monkeypatch.setattr(staging, "remove_stale_staging", lambda folder: [])
+    return final, claim
+
+
+def test_a_claim_left_by_a_killed_export_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    final, claim = stale_claim(tmp_path, monkeypatch)
     with caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
         made = staging.Staging.create(final)
     assert made.path == claim and list(claim.iterdir()) == []
@@ -453,10 +459,7 @@ def test_without_locks_any_claim_there_is_a_clash(tmp_path: Path, monkeypatch: p
 def test_a_stale_claim_that_cannot_be_removed_is_the_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    final = tmp_path / "did" / "2025-06-01_12-00-00"
-    claim = final.with_name(f".{final.name}.staging-export")
-    (claim / "media").mkdir(parents=True)
-    monkeypatch.setattr(staging, "remove_stale_staging", lambda folder: [])
+    final, claim = stale_claim(tmp_path, monkeypatch)
     monkeypatch.setattr(staging, "remove_tree", lambda path: PermissionError(errno.EACCES, "denied", str(path)))
     with pytest.raises(PermissionError), caplog.at_level(logging.WARNING, logger="export_batching_plugin"):
         staging.Staging.create(final)
