@@ -8,6 +8,7 @@ order (:class:`Spool`). :class:`BatchFailed` is the one carrier of "batch N fail
 
 from __future__ import annotations
 
+import csv
 import errno
 import marshal
 import os
@@ -41,6 +42,11 @@ class Span:
         return f"batch {self.number} (posts {self.first}-{self.last})"
 
 
+#: The failures a child process says by their kind, so that the export raises them as it would have itself (the
+#: host's ``csv.Error`` for a NUL on Python 3.10); a post that is not JSON is the export's own error.
+CARRIED: dict[str, type[BaseException]] = {"os": OSError, "memory": MemoryError, "csv": csv.Error}
+
+
 class BatchFailed(Exception):
     """What stopped the export at one batch (``span``, or None outside any batch): ``cause``, from any thread or
     process. The export tells it as its own failure (``ExportFailed``), naming the batch."""
@@ -51,31 +57,23 @@ class BatchFailed(Exception):
 
     def message(self) -> dict[str, Any]:
         """The failure as a child process says it to the export (JSON)."""
-        cause = self.cause
-        span = self.span
-        said: dict[str, Any] = {"span": [span.number, span.first, span.last] if span else None, "type": "other"}
+        cause, span = self.cause, self.span
+        kind = next((name for name, carried in CARRIED.items() if isinstance(cause, carried)), "other")
+        said: dict[str, Any] = {"span": [span.number, span.first, span.last] if span else None, "type": kind}
         if isinstance(cause, OSError):
-            said.update(type="os", errno=cause.errno, strerror=cause.strerror, filename=cause.filename)
-        elif isinstance(cause, MemoryError):
-            said["type"] = "memory"
-        elif type(cause).__name__ == "InvalidPost":
-            said["type"] = "post"
+            said.update(errno=cause.errno, strerror=cause.strerror, filename=cause.filename)
+        said["post"] = type(cause).__name__ == "InvalidPost"
         said["text"] = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         return said
 
     @classmethod
     def of(cls, said: dict[str, Any], post_error: type[Exception]) -> BatchFailed:
         """The failure a child process said, its cause as the export itself would have raised it."""
-        cause: BaseException
+        span = Span(*said["span"]) if said["span"] else None
         if said["type"] == "os":
-            cause = OSError(said["errno"], said["strerror"], said["filename"])
-        elif said["type"] == "memory":
-            cause = MemoryError(said["text"])
-        elif said["type"] == "post":
-            cause = post_error(said["text"])
-        else:
-            cause = RuntimeError(said["text"])
-        return cls(Span(*said["span"]) if said["span"] else None, cause)
+            return cls(span, OSError(said["errno"], said["strerror"], said["filename"]))
+        kind = post_error if said["post"] else CARRIED.get(said["type"], RuntimeError)
+        return cls(span, kind(said["text"]))
 
 
 @dataclass(frozen=True)

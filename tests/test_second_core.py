@@ -8,7 +8,9 @@ it runs nothing but the plugin's code, and never outlives the export.
 
 from __future__ import annotations
 
+import csv
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +117,28 @@ def test_the_childs_failure_met_while_handing_it_a_batch_is_told_as_it_said_it()
         worker.encoded(framing, blocks.Block(5, 200, 2), iter([([(1,), (2,)], [0, 0])]), write)
     assert caught.value is said and caught.value.span == Span(3, 101, 150)
     assert isinstance(caught.value.cause, OSError) and caught.value.cause.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize(
+    ("cause", "told"),
+    [
+        (csv.Error("need to escape, but no escapechar set"), csv.Error),  # a NUL in posts.csv on Python 3.10
+        (OSError(errno.ENOSPC, "No space left on device", "posts.json"), OSError),
+        (MemoryError(), MemoryError),
+        (worker.InvalidPost("embed_data is not valid JSON"), LookupError),  # the export's own error for it
+        (RecursionError("maximum recursion depth exceeded"), RuntimeError),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_a_failure_the_child_says_is_raised_as_the_export_would_raise_it(cause: BaseException, told: type) -> None:
+    """What the child says crosses a pipe as JSON; the export raises it as the kind of error it would have met
+    itself (the differential tests compare the kinds with skyarchive's own: a ``csv.Error`` must stay one)."""
+    said = json.loads(json.dumps(blocks.BatchFailed(Span(2, 4, 6), cause).message()))
+    again = blocks.BatchFailed.of(said, LookupError)
+    assert type(again.cause) is told and again.span == Span(2, 4, 6)
+    assert str(again.cause).splitlines()[:1] == str(cause).splitlines()[:1] or isinstance(cause, MemoryError)
+    if isinstance(cause, OSError):
+        assert (again.cause.errno, again.cause.filename) == (errno.ENOSPC, "posts.json")
 
 
 def test_a_post_that_is_not_json_fails_as_with_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
