@@ -169,7 +169,7 @@ def label_values(labels: Any) -> list[str]:
 def fields(error: type[Exception], *, fast: bool = True) -> tuple[Field, Field]:
     """``(media_of, labels_of)``: the MediaFiles and Labels fields of a post, as the host computes them
     (``";".join(media_hashes(simplejson.loads(embed_data)))``; ``error``: what invalid JSON raises). With
-    ``fast``, the embed is parsed with orjson (half the time), on any orjson error with simplejson, which then
+    ``fast``, the embed is parsed with orjson (faster), on any orjson error with simplejson, which then
     decides; the parsers agree on all ``media_hashes`` keeps (strings, lists, objects, duplicate keys) and differ
     only on numbers, which it ignores. Labels show numbers (``str(val)``): orjson's parse is used only when every
     ``val`` is a str (or missing)."""

@@ -5,8 +5,8 @@ beside the export (memory does not grow with their number, nothing is left if th
 copy them after the snapshot, while the posts are written (the snapshot never waits on a slow disk); without threads (a
 container's task limit), the export's own thread copies them afterwards, as skyarchive does. All rows of one file
 name go to one worker, in order, so the first of them wins, as in the host. Each file is made by skyarchive's
-rules but cloned or linked where it can be (:mod:`.reuse`), made durable by the export's final ``syncfs``
-(:func:`.staging.sync_tree`; why not one by one: docs/benchmarks.md, "Measurements behind the design").
+rules but cloned or linked where it can be (:mod:`.reuse`), made durable by the export's final sync (one
+``syncfs`` for many files: :func:`.staging.sync_tree`; why: docs/benchmarks.md, "Measurements behind the design").
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def make_plan(
         reasons.append("an address-space limit: no child, no helper threads, no orjson")
     spool_dir = spool_directory(beside)
     archived = count_archive(conn)
-    need = int(_stored(conn) * selected // max(archived, 1) * SPOOL_SHARE) + MARGIN_BYTES
+    need = int(_stored(conn, archived) * selected // max(archived, 1) * SPOOL_SHARE) + MARGIN_BYTES
     room = min(_free(spool_dir), _soft(resource.RLIMIT_FSIZE)) - MARGIN_BYTES
     fds, limit = _free_fds()
     threads = not limited and fds >= PLENTY_FDS
@@ -141,15 +141,15 @@ def in_memory(path: Path) -> bool:
     return found in _RAM_FILESYSTEMS
 
 
-def _stored(conn: Connection) -> int:
-    """About how many bytes the archive's posts take (SQLite: its file; PostgreSQL: the table, with its indexes)."""
+def _stored(conn: Connection, archived: int) -> int:
+    """About how many bytes the archive's ``archived`` posts take (SQLite: its file; PostgreSQL: table, indexes)."""
     if conn.dialect.name == "sqlite":
         return int(conn.exec_driver_sql("PRAGMA main.page_count").scalar_one()) * int(
             conn.exec_driver_sql("PRAGMA main.page_size").scalar_one()
         )
     if conn.dialect.name == "postgresql":
         return int(conn.execute(text("SELECT coalesce(pg_total_relation_size(to_regclass('posts')), 0)")).scalar_one())
-    return int(count_archive(conn)) * 2048  # no way to ask: a generous post
+    return archived * 2048  # no way to ask: a generous post
 
 
 def _free(folder: Path) -> int:

@@ -14,9 +14,9 @@
   The bit is cleared once the export is in place.
 - Publishing never replaces an existing export directory, even an empty one (:func:`rename_noreplace`);
   whether the rename happened is then read from the disk (the final name is our directory, or not).
-- **A refused system call is not a failed export** (seccomp, gVisor): ``syncfs`` refused is an fsync of each file
-  and directory, ``renameat2`` a check then a rename, ``flock`` an export without a lock, a directory's ``fsync``
-  a warning; each said once per export: at INFO where only speed is lost, a WARNING where a guarantee is.
+- **A refused system call is not a failed export** (seccomp, gVisor): ``syncfs`` and ``fsync`` each stand in for
+  the other (:func:`sync_tree`), ``renameat2`` is a check then a rename, ``flock`` an export without a lock, a
+  directory's ``fsync`` a warning; each said once: at INFO where only speed is lost, a WARNING where a guarantee is.
 - On failure or interrupt before publishing, ``with Staging.create(final) as staging`` removes the staging
   directory on the way out, and the owner's folder too if this export made it and it is empty; only what was
   really removed is reported as removed.
